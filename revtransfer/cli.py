@@ -1,0 +1,39 @@
+"""The ``revtransfer`` command. Thin: it parses arguments and calls into the packages.
+
+Subcommands are imported lazily so that, e.g., ``revtransfer gen`` never pays for importing torch
+or detectron2.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> "module:attribute" of a click command; imported only when that subcommand runs.
+SUBCOMMANDS: dict[str, str] = {
+    "bench": "revtransfer.bench.cli:bench",
+    "gen": "clevr_gen.cli:gen",
+    "demo": "revtransfer.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx, name):
+        target = SUBCOMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="revtransfer")
+def main():
+    """revtransfer: reversible transformers (RevViT, PaReprop) and feature-transfer studies."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Our model families, registered in timm's registry on import."""
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+from . import revvit, vit  # noqa: F401  (registers the models)
+from .revvit import RevViT
+
+OUR_MODELS = ("vit_micro", "revvit_micro", "revvit_small", "revvit_base", "revvit_large")
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Same as ``timm.create_model`` (our models are registered there), with a clearer error."""
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}; ours are: {', '.join(list_models())} "
+                         "(any timm model name works too)")
+    return timm.create_model(name, **kwargs)
+
+
+def list_models() -> list[str]:
+    return [m for m in OUR_MODELS if timm.is_model(m)]
+
+
+def is_reversible(model: nn.Module) -> bool:
+    return hasattr(model, "set_backprop")
+
+
+__all__ = ["RevViT", "create_model", "is_reversible", "list_models"]

@@ -1,0 +1,245 @@
+"""Reversible Vision Transformer (Mangalam et al., CVPR 2022), built from timm's layers.
+
+Two residual streams start as copies of the patch tokens (+ position embedding); each block is a
+reversible coupling with F = LayerNorm -> attention and G = LayerNorm -> MLP and no skip inside F
+or G. At the end the streams are fused (default: concat, LayerNorm(2C)), tokens are mean-pooled and
+a linear head classifies. The backward mode (backprop / reprop / pareprop) is a runtime setting.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mode, set_backprop_mode
+
+from ._layers import Attention, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+
+FUSIONS = ("concat", "avg")
+
+
+class AttentionSublayer(nn.Module):
+    """F: LayerNorm -> multi-head self-attention -> drop path (no residual: the coupling adds it)."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, drop_path=0.0, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm = norm_layer(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        return self.drop_path(self.attn(self.norm(x)))
+
+
+class MlpSublayer(nn.Module):
+    """G: LayerNorm -> MLP -> drop path."""
+
+    def __init__(self, dim, mlp_ratio=4.0, proj_drop=0.0, drop_path=0.0, norm_layer=nn.LayerNorm, act_layer=nn.GELU):
+        super().__init__()
+        self.norm = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        return self.drop_path(self.mlp(self.norm(x)))
+
+
+class RevViTBlock(ReversibleCoupling):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, drop_path=0.0,
+                 norm_layer=nn.LayerNorm, act_layer=nn.GELU):
+        super().__init__(
+            f=AttentionSublayer(dim, num_heads, qkv_bias, attn_drop, proj_drop, drop_path, norm_layer),
+            g=MlpSublayer(dim, mlp_ratio, proj_drop, drop_path, norm_layer, act_layer),
+        )
+
+
+class RevViT(nn.Module):
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        num_classes=1000,
+        global_pool="avg",
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        fusion="concat",
+        drop_rate=0.0,
+        pos_drop_rate=0.0,
+        proj_drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0,
+        backprop="pareprop",
+        dynamic_img_size=False,
+        norm_layer=None,
+        act_layer=None,
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of: {', '.join(FUSIONS)}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"unknown global_pool {global_pool!r}; choose 'avg' or '' (no pooling)")
+        check_mode(backprop)
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        act_layer = act_layer or nn.GELU
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dim = embed_dim
+        self.fusion = fusion
+        self.num_features = self.head_hidden_size = embed_dim * (2 if fusion == "concat" else 1)
+        self.num_prefix_tokens = 0
+        self.dynamic_img_size = dynamic_img_size
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+            strict_img_size=not dynamic_img_size, output_fmt="NHWC" if dynamic_img_size else "NLC",
+        )
+        self.patch_size = patch_size
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = ReversibleStack(
+            [RevViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop_rate, proj_drop_rate, dpr[i], norm_layer, act_layer)
+             for i in range(depth)],
+            mode=backprop,
+        )
+        self.norm = norm_layer(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(_init_weights)
+
+    # --- reversible backward -----------------------------------------------------------------------
+    @property
+    def backprop(self) -> str:
+        return self.blocks.mode
+
+    def set_backprop(self, mode: str) -> None:
+        set_backprop_mode(self, mode)
+
+    # --- timm conventions --------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {"pos_embed"}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _pos_embed(self, x):
+        if self.dynamic_img_size:  # NHWC from the patch embed: resample the position grid if needed
+            B, H, W, C = x.shape
+            pos = resample_abs_pos_embed(self.pos_embed, new_size=(H, W), num_prefix_tokens=0)
+            x = x.reshape(B, H * W, C)
+        else:
+            pos = self.pos_embed
+        return self.pos_drop(x + pos)
+
+    def fuse(self, x1, x2):
+        """Termination fusion of the two streams."""
+        x = torch.cat([x1, x2], dim=-1) if self.fusion == "concat" else (x1 + x2) * 0.5
+        return self.norm(x)
+
+    def forward_features(self, x):
+        x = self._pos_embed(self.patch_embed(x))
+        x1, x2 = self.blocks(x, x)
+        return self.fuse(x1, x2)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: RevViT) -> dict:
+    """Adapt a RevViT state dict to ``model``: unwrap trainer/DDP containers and resample the
+    position embedding to the model's patch grid."""
+    for key in ("model", "state_dict", "model_state"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+    out = {}
+    for k, v in state_dict.items():
+        k = k.removeprefix("module.")
+        if k == "pos_embed" and v.shape != model.pos_embed.shape:
+            v = resample_abs_pos_embed(v, new_size=model.patch_embed.grid_size, num_prefix_tokens=0)
+        out[k] = v
+    return out
+
+
+def _cfg(**kwargs):
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "revvit_micro.untrained": _cfg(input_size=(3, 80, 80), num_classes=2, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "revvit_small.untrained": _cfg(),
+    "revvit_base.untrained": _cfg(),
+    "revvit_large.untrained": _cfg(),
+})
+
+
+def _create_revvit(variant: str, pretrained: bool = False, **kwargs) -> RevViT:
+    return build_model_with_cfg(RevViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+
+
+@register_model
+def revvit_micro(pretrained=False, **kwargs) -> RevViT:
+    """RevViT-Micro of the CLEVR transfer study: 80x80 input, patch 5, depth 4, 8 heads, dim 256."""
+    args = dict(img_size=80, patch_size=5, embed_dim=256, depth=4, num_heads=8, mlp_ratio=4.0)
+    return _create_revvit("revvit_micro", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def revvit_small(pretrained=False, **kwargs) -> RevViT:
+    args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create_revvit("revvit_small", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def revvit_base(pretrained=False, **kwargs) -> RevViT:
+    args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create_revvit("revvit_base", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def revvit_large(pretrained=False, **kwargs) -> RevViT:
+    args = dict(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16)
+    return _create_revvit("revvit_large", pretrained, **dict(args, **kwargs))

@@ -1,0 +1,18 @@
+"""The reversible engine: couplings, reversible stacks and their backward schedules.
+
+Generic over the coupling functions F and G; models (ViT, Swin, MViT, RoBERTa) build on it.
+"""
+from .coupling import ReversibleCoupling
+from .stack import BACKPROP_MODES, ReversibleSequence, ReversibleStack, check_mode, set_backprop_mode
+from .state import AutocastState, RNGState
+
+__all__ = [
+    "BACKPROP_MODES",
+    "AutocastState",
+    "RNGState",
+    "ReversibleCoupling",
+    "ReversibleSequence",
+    "ReversibleStack",
+    "check_mode",
+    "set_backprop_mode",
+]

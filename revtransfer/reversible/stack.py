@@ -1,0 +1,139 @@
+"""A reversible stack (one autograd Function over a sequence of couplings) and a sequence of
+stacks with non-reversible transitions between them. Nothing here knows about any model."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .coupling import ReversibleCoupling
+from .lanes import lanes_for
+from .schedule import BlockRNG, run_backward
+from .state import AutocastState, RNGState, _cuda_devices
+
+BACKPROP_MODES = ("backprop", "reprop", "pareprop")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in BACKPROP_MODES:
+        raise ValueError(f"unknown backprop mode {mode!r}; choose one of: {', '.join(BACKPROP_MODES)}")
+    return mode
+
+
+class _ReversibleStackFunction(torch.autograd.Function):
+    """Forward without a graph, keeping only the last outputs (plus per-block RNG snapshots);
+    backward reconstructs each block's inputs from its outputs."""
+
+    @staticmethod
+    def forward(ctx, stack: "ReversibleStack", x1, x2, *params):
+        devices = _cuda_devices((x1, x2))
+        rngs = []
+        with torch.no_grad():
+            for block in stack.blocks:
+                rng_f = RNGState.capture(devices) if stack.preserve_rng_state else None
+                f_out = block.f(x2)
+                x1 = x1 + f_out
+                rng_g = RNGState.capture(devices) if stack.preserve_rng_state else None
+                x2 = x2 + block.g(x1)
+                rngs.append(BlockRNG(rng_f, rng_g))
+        ctx.stack = stack
+        ctx.mode = stack.mode
+        ctx.rngs = rngs
+        ctx.autocast = AutocastState.capture()
+        ctx.save_for_backward(x1, x2)
+        return x1, x2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy1, dy2):
+        y1, y2 = ctx.saved_tensors
+        stack = ctx.stack
+        wanted = {id(p) for p, need in zip(stack._flat_params, ctx.needs_input_grad[3:]) if need}
+        block_params = [
+            ([p for p in b.f.parameters() if id(p) in wanted], [p for p in b.g.parameters() if id(p) in wanted])
+            for b in stack.blocks
+        ]
+        dx1, dx2, per_block = run_backward(
+            stack.blocks, ctx.rngs, y1, y2, dy1, dy2, ctx.autocast, lanes_for(ctx.mode, y1.device), block_params
+        )
+        # Sum per-block grads into one slot per parameter (a parameter may be shared by blocks).
+        total: dict[int, torch.Tensor] = {}
+        for (f_params, g_params), (f_grads, g_grads) in zip(block_params, per_block):
+            for p, g in zip(f_params + g_params, f_grads + g_grads):
+                if g is not None:
+                    total[id(p)] = g if id(p) not in total else total[id(p)] + g
+        return (None, dx1, dx2, *[total.get(id(p)) for p in stack._flat_params])
+
+
+class ReversibleStack(nn.Module):
+    """A sequence of :class:`ReversibleCoupling` blocks run as one reversible unit.
+
+    ``mode``: ``"backprop"`` (plain autograd, stores activations: the reference), ``"reprop"``
+    (stores only the stack's outputs; inputs reconstructed block by block in backward) or
+    ``"pareprop"`` (as reprop, with block i-1's reconstruction overlapped with block i's gradient
+    computation on a second CUDA stream). Eval mode and ``torch.no_grad()`` run the plain blocks.
+    """
+
+    def __init__(self, blocks: Iterable[ReversibleCoupling], mode: str = "pareprop", preserve_rng_state: bool = True):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        if len(self.blocks) == 0:
+            raise ValueError("a ReversibleStack needs at least one block")
+        self.mode = check_mode(mode)
+        self.preserve_rng_state = preserve_rng_state
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = check_mode(mode)
+
+    @property
+    def _flat_params(self) -> list[nn.Parameter]:
+        return list(self.blocks.parameters())  # deduplicated by nn.Module
+
+    def uses_reversible_backward(self, *inputs: torch.Tensor) -> bool:
+        if self.mode == "backprop" or not self.training or not torch.is_grad_enabled():
+            return False
+        return any(t.requires_grad for t in inputs) or any(p.requires_grad for p in self._flat_params)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.uses_reversible_backward(x1, x2):
+            return _ReversibleStackFunction.apply(self, x1, x2, *self._flat_params)
+        for block in self.blocks:
+            x1, x2 = block(x1, x2)
+        return x1, x2
+
+    @torch.no_grad()
+    def inverse(self, y1: torch.Tensor, y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct the stack's inputs from its outputs (as backward does)."""
+        for block in reversed(self.blocks):
+            y1, y2 = block.inverse(y1, y2)
+        return y1, y2
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, depth={len(self.blocks)}"
+
+
+class ReversibleSequence(nn.Module):
+    """Reversible stacks with optional non-reversible transitions between them.
+
+    Every stage maps a pair of streams (x1, x2) to a pair. Transitions (e.g. patch merging in a
+    hierarchical model) run under ordinary autograd, so their activations are cached; only the
+    stacks reconstruct theirs.
+    """
+
+    def __init__(self, stages: Iterable[nn.Module]):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x1, x2):
+        for stage in self.stages:
+            x1, x2 = stage(x1, x2)
+        return x1, x2
+
+
+def set_backprop_mode(module: nn.Module, mode: str) -> None:
+    """Set the backward mode of every reversible stack inside ``module``."""
+    check_mode(mode)
+    for m in module.modules():
+        if isinstance(m, ReversibleStack):
+            m.set_mode(mode)
