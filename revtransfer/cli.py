@@ -11,8 +11,12 @@ import click
 
 # name -> "module:attribute" of a click command; imported only when that subcommand runs.
 SUBCOMMANDS: dict[str, str] = {
-    "bench": "revtransfer.bench.cli:bench",
     "gen": "clevr_gen.cli:gen",
+    "pretrain": "revtransfer.train.cli:pretrain",
+    "probe": "probes.cli:probe",
+    "sweep": "probes.cli:sweep",
+    "detect": "detection.cli:detect",
+    "bench": "revtransfer.bench.cli:bench",
     "demo": "revtransfer.demo:demo",
 }
 
