@@ -103,7 +103,7 @@ class RevViT(nn.Module):
         self.patch_size = patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
         self.blocks = ReversibleStack(
             [RevViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop_rate, proj_drop_rate, dpr[i], norm_layer, act_layer)
              for i in range(depth)],

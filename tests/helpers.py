@@ -1,0 +1,72 @@
+"""Shared test utilities: gradient comparison across backward modes, saved-activation bytes."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def max_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: relative to the tensor's scale (elementwise ratios blow up near 0)."""
+    scale = b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)
+    return ((a - b).abs().max() / scale).item()
+
+
+def grads_of(model: nn.Module, inputs: tuple, loss_fn, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Run forward/backward from a fixed RNG seed; return the grads of every parameter and input."""
+    model.zero_grad(set_to_none=True)
+    inputs = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs)
+    torch.manual_seed(seed)
+    loss_fn(model(*inputs)).backward()
+    out = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    for i, x in enumerate(inputs):
+        if x.grad is not None:
+            out[f"input{i}"] = x.grad.detach().clone()
+    return out
+
+
+def assert_same_grads(got: dict, ref: dict, rtol: float, what: str = "") -> None:
+    assert got.keys() == ref.keys(), f"{what}: grads for {sorted(set(got) ^ set(ref))} differ in presence"
+    worst = max(((max_rel_error(got[k], ref[k]), k) for k in ref), default=(0.0, None))
+    assert worst[0] <= rtol, f"{what}: relative error {worst[0]:.3g} > {rtol:g} for {worst[1]}"
+
+
+def compare_modes(model, set_mode, inputs, loss_fn, modes=("reprop", "pareprop"), rtol=1e-10, seed=0):
+    """Assert that each of ``modes`` gives the grads of plain autograd (``backprop``)."""
+    set_mode("backprop")
+    ref = grads_of(model, inputs, loss_fn, seed)
+    assert ref, "no gradients were produced"
+    for mode in modes:
+        set_mode(mode)
+        assert_same_grads(grads_of(model, inputs, loss_fn, seed), ref, rtol, mode)
+    return ref
+
+
+@contextlib.contextmanager
+def count_saved_bytes(params=()):
+    """Count bytes of tensors autograd saves for backward: each storage once, parameters excluded.
+
+    Yields a one-element list that holds the total once the block exits."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    seen: dict[int, int] = {}
+    total = [0]
+
+    def pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in param_ptrs and ptr not in seen:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+    total[0] = sum(seen.values())
+
+
+def saved_bytes_of_step(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes saved for backward by one forward pass (the activation memory a training step holds)."""
+    with count_saved_bytes(list(model.parameters())) as total:
+        out = model(x.requires_grad_(False))
+    out.float().sum().backward()
+    return total[0]
