@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "sweep": "probes.cli:sweep",
     "detect": "detection.cli:detect",
     "bench": "revtransfer.bench.cli:bench",
+    "bench-reconstruction": "revtransfer.bench.cli:bench_reconstruction",
     "demo": "revtransfer.demo:demo",
 }
 

@@ -1,0 +1,98 @@
+"""`revtransfer bench` and `revtransfer bench-reconstruction`."""
+from __future__ import annotations
+
+import click
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers")
+    if not out or any(v <= 0 for v in out):
+        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 8,16,32")
+    return out
+
+
+def _kwargs(pairs) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r}: model kwargs are KEY=VALUE, e.g. depth=24")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@click.command()
+@click.option("--model", "model_name", default="revvit_base", show_default=True, help="Registered model name.")
+@click.option("--modes", default="backprop,reprop,pareprop", show_default=True, help="Backward modes to compare.")
+@click.option("--batch-sizes", default="8,16,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--steps", default=10, show_default=True, help="Timed steps per (mode, batch size).")
+@click.option("--warmup", default=3, show_default=True, help="Untimed warm-up steps.")
+@click.option("--device", default=None, help="cuda or cpu (default: cuda if available).")
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
+@click.option("--reference", default="auto", show_default=True,
+              help="Non-reversible reference model ('auto': the ViT/Swin/MViT of the same size; 'none' to skip).")
+@click.option("--seq-len", type=int, default=None, help="Sequence length for language models.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--model-kw", "model_kw", multiple=True, help="Extra model kwarg KEY=VALUE (repeatable).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the records as JSON here.")
+def bench(model_name, modes, batch_sizes, steps, warmup, device, amp, reference, seq_len, threads, model_kw, out):
+    """Training-step throughput and memory per backward mode and batch size."""
+    import torch
+
+    from revtransfer.bench.throughput import format_table, run_benchmark
+    from revtransfer.provenance import atomic_write_json, provenance, resolved_command
+    from revtransfer.reversible import check_mode
+
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    for m in mode_list:
+        try:
+            check_mode(m)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--modes")
+    if threads:
+        torch.set_num_threads(threads)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    reference = None if reference == "none" else reference
+
+    def progress(rec):
+        what = "OOM" if rec.status == "oom" else f"{rec.samples_per_s:.1f} samples/s"
+        click.echo(f"  {rec.model} {rec.mode} bs={rec.batch_size}: {what}", err=True)
+
+    records = run_benchmark(model_name, mode_list, _ints(batch_sizes), steps, warmup, device, amp, reference,
+                            _kwargs(model_kw), seq_len, progress)
+    click.echo(format_table(records))
+    if out:
+        meta = provenance(resolved_command(click.get_current_context()))
+        meta.update(torch_threads=torch.get_num_threads(), steps=steps, warmup=warmup)
+        atomic_write_json(out, {"meta": meta, "records": [dict(r.to_dict(), torch=torch.__version__,
+                                                               git_commit=meta["git_commit"]) for r in records]})
+        click.echo(f"wrote {out}")
+
+
+@click.command("bench-reconstruction")
+@click.option("--model", "model_name", default="revvit_base", show_default=True)
+@click.option("--depths", default="4,8,16,32,64", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]), default="float32", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--model-kw", "model_kw", multiple=True, help="Extra model kwarg KEY=VALUE (repeatable).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None)
+def bench_reconstruction(model_name, depths, dtype, device, model_kw, out):
+    """Input-reconstruction error of a reversible stack vs depth (random init)."""
+    import torch
+
+    from revtransfer.bench.reconstruction import reconstruction_errors
+    from revtransfer.provenance import atomic_write_json, provenance, resolved_command
+
+    records = reconstruction_errors(model_name, _ints(depths), dtype=getattr(torch, dtype), device=device,
+                                    model_kwargs=_kwargs(model_kw))
+    for r in records:
+        click.echo(f"{r['model']} depth={r['depth']:>3} {r['dtype']}: max relative error {r['max_rel_error']:.3e}")
+    if out:
+        meta = provenance(resolved_command(click.get_current_context()))
+        atomic_write_json(out, {"meta": meta, "records": records})
+        click.echo(f"wrote {out}")

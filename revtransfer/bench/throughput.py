@@ -1,0 +1,225 @@
+"""Training-step throughput and memory of a model under each backward mode.
+
+A step is forward + cross-entropy on random labels + backward (the optimizer update is the same
+for every mode and is left out so the modes' difference is not diluted). Throughput is the median
+over timed steps after warm-up. CUDA: timed with events; memory from ``max_memory_allocated``,
+activation memory = peak during the step minus what was allocated before it. CPU: wall clock;
+memory as the bytes autograd saves for backward (one step, saved_tensors_hooks) and the process's
+peak RSS growth during the timed steps (sampled).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from revtransfer.models import create_model, is_reversible
+
+# The non-reversible model of the same size, benchmarked as a reference row.
+REFERENCE_MODELS = {
+    "revvit_micro": "vit_micro",
+    "revvit_small": "vit_small_patch16_224",
+    "revvit_base": "vit_base_patch16_224",
+    "revvit_large": "vit_large_patch16_224",
+    "revswin_tiny": "swin_tiny_patch4_window7_224",
+    "revswin_small": "swin_small_patch4_window7_224",
+    "revswin_base": "swin_base_patch4_window7_224",
+    "revmvit_tiny": "mvitv2_tiny",
+    "revmvit_base": "mvitv2_base",
+}
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class BenchRecord:
+    model: str
+    mode: str  # backprop / reprop / pareprop, or "vanilla" for a non-reversible reference model
+    batch_size: int
+    device: str
+    status: str = "ok"  # ok | oom
+    samples_per_s: float | None = None
+    step_ms_median: float | None = None
+    step_ms_all: list[float] = field(default_factory=list)
+    peak_mem_bytes: int | None = None  # CUDA: max_memory_allocated during the timed steps
+    activation_bytes: int | None = None  # CUDA: peak minus allocated before a step; CPU: saved for backward
+    activation_bytes_per_sample: float | None = None
+    peak_rss_growth_bytes: int | None = None  # CPU only
+    amp: str = "none"
+    input_shape: list[int] | None = None
+    num_params: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_inputs(model: nn.Module, batch_size: int, device, seq_len: int | None = None):
+    """Random inputs of the model's expected shape: images, or token ids for language models."""
+    if getattr(model, "input_kind", "image") == "tokens":
+        if seq_len is None:
+            raise ValueError(f"{type(model).__name__} takes token ids: give --seq-len")
+        return torch.randint(0, model.vocab_size, (batch_size, seq_len), device=device)
+    return torch.randn(batch_size, *image_input_size(model), device=device)
+
+
+def image_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) the model was built for (its kwargs may differ from its pretrained cfg)."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "img_size", None) is not None:
+        return (embed.proj.in_channels, *embed.img_size)
+    return tuple(model.pretrained_cfg["input_size"])
+
+
+class _PeakRSS:
+    """Samples the process's resident set size on a thread; peak growth over the baseline."""
+
+    def __init__(self, interval=0.002):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.baseline = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline
+
+
+def _saved_bytes(model, step) -> int:
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen.setdefault(s.data_ptr(), s.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step(backward=False)
+    loss.backward()
+    return sum(seen.values())
+
+
+def bench_one(model: nn.Module, name: str, mode: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+              amp: str = "none", seq_len: int | None = None) -> BenchRecord:
+    if is_reversible(model):
+        model.set_backprop(mode)
+    model.train()
+    x = make_inputs(model, batch_size, device, seq_len)
+    num_classes = max(getattr(model, "num_classes", 2), 1)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    dtype = AMP_DTYPES[amp]
+    rec = BenchRecord(name, mode, batch_size, str(device), amp=amp, input_shape=list(x.shape),
+                      num_params=sum(p.numel() for p in model.parameters()))
+
+    def step(backward=True):
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        if backward:
+            loss.backward()
+        return loss
+
+    cuda = device.type == "cuda"
+    try:
+        for _ in range(warmup):
+            step()
+        model.zero_grad(set_to_none=False)  # keep grads allocated: steady-state memory of training
+        times = []
+        if cuda:
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+            for start, end in events:
+                start.record()
+                step()
+                end.record()
+            torch.cuda.synchronize(device)
+            times = [s.elapsed_time(e) for s, e in events]
+            rec.peak_mem_bytes = torch.cuda.max_memory_allocated(device)
+            rec.activation_bytes = rec.peak_mem_bytes - before
+        else:
+            with _PeakRSS() as rss:
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    step()
+                    times.append((time.perf_counter() - t0) * 1e3)
+            rec.peak_rss_growth_bytes = rss.growth
+            rec.activation_bytes = _saved_bytes(model, step)
+    except torch.cuda.OutOfMemoryError:
+        rec.status = "oom"
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        return rec
+    rec.step_ms_all = [round(t, 4) for t in times]
+    rec.step_ms_median = statistics.median(times)
+    rec.samples_per_s = batch_size / (rec.step_ms_median / 1e3)
+    rec.activation_bytes_per_sample = rec.activation_bytes / batch_size
+    return rec
+
+
+def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: int = 3, device="cpu",
+                  amp: str = "none", reference: str | None = "auto", model_kwargs: dict | None = None,
+                  seq_len: int | None = None, progress=None):
+    """Benchmark ``model_name`` in each mode at each batch size (stopping a mode at its first OOM),
+    plus the non-reversible reference model in its only mode ("vanilla")."""
+    device = torch.device(device)
+    model_kwargs = model_kwargs or {}
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"unknown amp {amp!r}; choose one of: {', '.join(AMP_DTYPES)}")
+    if reference == "auto":
+        reference = REFERENCE_MODELS.get(model_name)
+    jobs = [(model_name, m) for m in modes]
+    if reference:
+        jobs.append((reference, "vanilla"))
+    records = []
+    for name, mode in jobs:
+        torch.manual_seed(0)
+        model = create_model(name, **model_kwargs).to(device)
+        if not is_reversible(model) and mode != "vanilla":
+            raise ValueError(f"{name} is not reversible: it has no backward mode {mode!r}")
+        for bs in batch_sizes:
+            rec = bench_one(model, name, mode, bs, steps, warmup, device, amp, seq_len)
+            records.append(rec)
+            if progress:
+                progress(rec)
+            if rec.status == "oom":
+                break
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return records
+
+
+def format_table(records) -> str:
+    head = f"{'model':<28} {'mode':<9} {'batch':>5} {'samples/s':>10} {'ms/step':>9} {'act MB/sample':>13} {'peak MB':>9}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        if r.status != "ok":
+            lines.append(f"{r.model:<28} {r.mode:<9} {r.batch_size:>5} {'OOM':>10}")
+            continue
+        peak = r.peak_mem_bytes if r.peak_mem_bytes is not None else r.peak_rss_growth_bytes
+        lines.append(f"{r.model:<28} {r.mode:<9} {r.batch_size:>5} {r.samples_per_s:>10.1f} {r.step_ms_median:>9.2f} "
+                     f"{r.activation_bytes_per_sample / 2**20:>13.3f} {peak / 2**20:>9.1f}")
+    return "\n".join(lines)

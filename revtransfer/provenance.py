@@ -1,0 +1,93 @@
+"""What every output records about how it was made: git commit, library versions, machine, time."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_PACKAGES = ("torch", "torchvision", "timm", "numpy", "pillow", "detectron2", "scikit-learn", "revtransfer")
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD of the checkout this code runs from (None outside a git checkout); '+dirty' if modified."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name if name != "detectron2" else "sal-detectron2")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def machine() -> dict:
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def resolved_command(ctx) -> list[str]:
+    """The command line of a click command with every option resolved (defaults included), so the
+    record says exactly what ran even when the user relied on defaults."""
+    args = ["revtransfer", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == () or not param.opts:
+            continue
+        flag = param.opts[0]
+        if isinstance(value, bool):
+            if value:
+                args.append(flag)
+            continue
+        for v in value if isinstance(value, (tuple, list)) else [value]:
+            args += [flag, str(v)]
+    return args
+
+
+def provenance(command: list[str] | None = None) -> dict:
+    return {
+        "command": " ".join(command if command is not None else sys.argv),
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -1,0 +1,46 @@
+"""`revtransfer bench`: records, JSON output and errors (speed itself is never asserted)."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from revtransfer.bench.reconstruction import reconstruction_errors
+from revtransfer.cli import main
+
+TINY_KW = ["--model-kw", "img_size=16", "--model-kw", "patch_size=4", "--model-kw", "embed_dim=16",
+           "--model-kw", "depth=2", "--model-kw", "num_heads=2"]
+
+
+def test_bench_writes_a_record_per_mode_and_batch_size(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--model", "revvit_micro", "--batch-sizes", "2,3", "--steps", "2",
+                                       "--warmup", "1", "--device", "cpu", "--out", str(out), *TINY_KW])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    got = [(r["model"], r["mode"], r["batch_size"]) for r in data["records"]]
+    assert got == [("revvit_micro", m, b) for m in ("backprop", "reprop", "pareprop") for b in (2, 3)] + [
+        ("vit_micro", "vanilla", 2), ("vit_micro", "vanilla", 3)]
+    for r in data["records"]:
+        assert r["status"] == "ok" and r["samples_per_s"] > 0 and len(r["step_ms_all"]) == 2
+        assert r["input_shape"] == [r["batch_size"], 3, 16, 16] and r["torch"] and "git_commit" in r
+    by = {(r["mode"], r["batch_size"]): r["activation_bytes"] for r in data["records"]}
+    assert by[("reprop", 3)] < by[("backprop", 3)]
+    assert data["meta"]["command"].startswith("revtransfer bench") and data["meta"]["versions"]["torch"]
+
+
+def test_bench_rejects_unknown_mode_and_bad_batch_sizes():
+    r = CliRunner().invoke(main, ["bench", "--modes", "reprop,turbo", "--device", "cpu"])
+    assert r.exit_code != 0 and "'turbo'" in r.output and "backprop, reprop, pareprop" in r.output
+    r = CliRunner().invoke(main, ["bench", "--batch-sizes", "8,x", "--device", "cpu"])
+    assert r.exit_code != 0 and "comma-separated list of integers" in r.output
+
+
+def test_reconstruction_error_small_in_float32_and_tiny_in_float64():
+    import torch
+
+    kw = dict(img_size=16, patch_size=4, embed_dim=16, num_heads=2)
+    f32 = reconstruction_errors("revvit_micro", [2, 16], model_kwargs=kw)
+    f64 = reconstruction_errors("revvit_micro", [16], dtype=torch.float64, model_kwargs=kw)
+    assert all(r["max_rel_error"] < 1e-5 for r in f32)
+    assert f64[0]["max_rel_error"] < 1e-13 < f32[1]["max_rel_error"]
