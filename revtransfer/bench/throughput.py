@@ -3,7 +3,7 @@
 A step is forward + cross-entropy on random labels + backward (the optimizer update is the same
 for every mode and is left out so the modes' difference is not diluted). Throughput is the median
 over timed steps after warm-up. CUDA: timed with events; memory from ``max_memory_allocated``,
-activation memory = peak during the step minus what was allocated before it. CPU: wall clock;
+activation memory = peak during the step minus the weights and their grads. CPU: wall clock;
 memory as the bytes autograd saves for backward (one step, saved_tensors_hooks) and the process's
 peak RSS growth during the timed steps (sampled).
 """
@@ -47,7 +47,8 @@ class BenchRecord:
     step_ms_median: float | None = None
     step_ms_all: list[float] = field(default_factory=list)
     peak_mem_bytes: int | None = None  # CUDA: max_memory_allocated during the timed steps
-    activation_bytes: int | None = None  # CUDA: peak minus allocated before a step; CPU: saved for backward
+    # CUDA: peak minus what was allocated before a step (weights) minus the grads; CPU: saved for backward
+    activation_bytes: int | None = None
     activation_bytes_per_sample: float | None = None
     peak_rss_growth_bytes: int | None = None  # CPU only
     amp: str = "none"
@@ -144,7 +145,9 @@ def bench_one(model: nn.Module, name: str, mode: str, batch_size: int, steps: in
     try:
         for _ in range(warmup):
             step()
-        model.zero_grad(set_to_none=False)  # keep grads allocated: steady-state memory of training
+        # Grads start as None each step, as in a training loop with zero_grad(set_to_none=True):
+        # autograd then adopts the reversible stack's returned grads as .grad without a copy.
+        model.zero_grad(set_to_none=True)
         times = []
         if cuda:
             torch.cuda.synchronize(device)
@@ -155,16 +158,19 @@ def bench_one(model: nn.Module, name: str, mode: str, batch_size: int, steps: in
                 start.record()
                 step()
                 end.record()
+                model.zero_grad(set_to_none=True)
             torch.cuda.synchronize(device)
             times = [s.elapsed_time(e) for s, e in events]
             rec.peak_mem_bytes = torch.cuda.max_memory_allocated(device)
-            rec.activation_bytes = rec.peak_mem_bytes - before
+            grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+            rec.activation_bytes = rec.peak_mem_bytes - before - grad_bytes
         else:
             with _PeakRSS() as rss:
                 for _ in range(steps):
                     t0 = time.perf_counter()
                     step()
                     times.append((time.perf_counter() - t0) * 1e3)
+                    model.zero_grad(set_to_none=True)
             rec.peak_rss_growth_bytes = rss.growth
             rec.activation_bytes = _saved_bytes(model, step)
     except torch.cuda.OutOfMemoryError:

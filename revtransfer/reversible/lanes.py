@@ -14,13 +14,9 @@ class Lane:
     def __init__(self, stream: "torch.cuda.Stream | None" = None):
         self.stream = stream
 
-    def __enter__(self):
-        self._ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+    def active(self):
+        """Context in which queued work runs on this lane."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def record(self):
         """An event marking all work queued on this lane so far (None on CPU)."""

@@ -57,7 +57,7 @@ def _run(module, x, rng: RNGState | None):
 
 
 def recover(block, rng: BlockRNG, y1, y2, autocast: AutocastState, lane: Lane) -> _Recovered:
-    with lane, torch.enable_grad(), autocast.restored():
+    with lane.active(), torch.enable_grad(), autocast.restored():
         y1_leaf = y1.detach().requires_grad_()
         g_out = _run(block.g, y1_leaf, rng.g)
         with torch.no_grad():
@@ -76,7 +76,7 @@ def _grad(output, leaf, params, grad_output):
 
 def grads(rec: _Recovered, dy1, dy2, f_params, g_params):
     """Returns dX1, dX2 and the grads of (f_params, g_params); frees the block's graphs."""
-    with rec.lane:
+    with rec.lane.active():
         d_y1_via_g, g_grads = _grad(rec.g_out, rec.y1_leaf, g_params, dy2)
         dy1_total = dy1 if d_y1_via_g is None else dy1 + d_y1_via_g
         d_x2_via_f, f_grads = _grad(rec.f_out, rec.x2_leaf, f_params, dy1_total)

@@ -57,6 +57,10 @@ class _ReversibleStackFunction(torch.autograd.Function):
         dx1, dx2, per_block = run_backward(
             stack.blocks, ctx.rngs, y1, y2, dy1, dy2, ctx.autocast, lanes_for(ctx.mode, y1.device), block_params
         )
+        # Parameter grads are returned rather than accumulated into .grad inside this backward: that
+        # keeps autograd.grad / backward(inputs=...) exact and DDP's per-iteration hooks valid. With
+        # .grad None at the step's start (zero_grad(set_to_none=True)) autograd adopts these tensors
+        # as .grad, so they cost no memory beyond the grads every training step holds.
         # Sum per-block grads into one slot per parameter (a parameter may be shared by blocks).
         total: dict[int, torch.Tensor] = {}
         for (f_params, g_params), (f_grads, g_grads) in zip(block_params, per_block):

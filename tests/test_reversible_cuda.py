@@ -1,0 +1,69 @@
+"""The engine on CUDA: pareprop's two-stream schedule gives backprop's gradients; memory flat in depth.
+
+These run only where a CUDA device exists (the GPU machine); the same schedule code runs on CPU in
+the other test files.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import revtransfer
+from helpers import compare_modes
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+TINY = dict(img_size=32, patch_size=4, embed_dim=64, num_heads=4, num_classes=5)
+
+
+def model(depth, **kw):
+    torch.manual_seed(0)
+    return revtransfer.create_model("revvit_micro", **dict(TINY, depth=depth, **kw)).cuda().train()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 6])
+def test_cuda_float64_grads_equal_backprop_with_dropout(depth):
+    m = model(depth, proj_drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2).double()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64, device="cuda")
+    y = torch.arange(4, device="cuda") % 5
+    compare_modes(m, m.set_backprop, (x,), lambda out: torch.nn.functional.cross_entropy(out, y), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_grads_close(dtype):
+    m = model(4)
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+
+    def run(mode):
+        m.set_backprop(mode)
+        m.zero_grad()
+        with torch.autocast("cuda", dtype=dtype):
+            out = m(x)
+        out.float().square().mean().backward()
+        return torch.cat([p.grad.flatten() for p in m.parameters()])
+
+    ref = run("backprop")
+    for mode in ("reprop", "pareprop"):
+        got = run(mode)
+        assert ((got - ref).abs().max() / ref.abs().max()).item() < 5e-2
+
+
+def _activation_bytes(depth, mode):
+    """Peak memory of a training step beyond the parameters and their grads."""
+    m = model(depth, backprop=mode)
+    x = torch.randn(16, 3, 32, 32, device="cuda")
+    m(x).sum().backward()  # warm up kernels and the allocator
+    m.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    m(x).sum().backward()
+    torch.cuda.synchronize()
+    grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in m.parameters())
+    return torch.cuda.max_memory_allocated() - before - grad_bytes
+
+
+@pytest.mark.parametrize("mode", ["reprop", "pareprop"])
+def test_cuda_peak_activation_memory_flat_in_depth(mode):
+    assert _activation_bytes(24, mode) <= 1.2 * _activation_bytes(4, mode)
+    assert _activation_bytes(24, "backprop") > 3 * _activation_bytes(24, mode)
