@@ -1,0 +1,38 @@
+"""Package-level contracts: timm registration on import, light import for the CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_import_revtransfer_then_timm_create_model():
+    assert _run("import revtransfer, timm; print(type(timm.create_model('revvit_micro')).__name__)") == "RevViT"
+
+
+def test_timm_imported_first_still_registers():
+    assert _run("import timm; import revtransfer; print(timm.is_model('revvit_base'))") == "True"
+
+
+def test_import_revtransfer_does_not_import_torch():
+    assert _run("import sys, revtransfer; print('torch' in sys.modules)") == "False"
+
+
+def test_package_level_factory():
+    assert _run("import revtransfer; print(revtransfer.create_model('vit_micro').num_features)") == "256"
+    with pytest.raises(subprocess.CalledProcessError):
+        _run("import revtransfer; revtransfer.no_such_thing")
+
+
+def test_every_subcommand_resolves_to_a_click_command():
+    import click
+
+    from revtransfer.cli import SUBCOMMANDS, main
+
+    for name in SUBCOMMANDS:
+        assert isinstance(main.get_command(None, name), click.Command), name
