@@ -1,0 +1,109 @@
+"""Assemble the report: every table (Markdown, CSV, LaTeX) and plot, and a README.md index that
+embeds them with their provenance."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from revtransfer.provenance import atomic_write_text, provenance
+
+from . import plots, tables
+from .render import write_table
+
+
+def _read_results(dirs) -> pd.DataFrame:
+    frames = []
+    for d in map(Path, dirs):
+        parquet = d if d.suffix == ".parquet" else d / "results.parquet"
+        if parquet.exists():
+            frames.append(pd.read_parquet(parquet).assign(results_file=str(parquet)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _provenance_lines(df: pd.DataFrame, extra: list[str] = ()) -> str:
+    lines = list(extra)
+    if not df.empty:
+        for col, what in (("git_commit", "git commit"), ("device", "device"), ("torch_version", "torch")):
+            if col in df:
+                vals = sorted({str(v) for v in df[col].dropna()})
+                if vals:
+                    lines.append(f"{what}: {', '.join(vals)}")
+        if "finished_at" in df and df["finished_at"].notna().any():
+            lines.append(f"finished: {df['finished_at'].dropna().min()} .. {df['finished_at'].dropna().max()}")
+        if "results_file" in df:
+            lines.append(f"source: {', '.join(sorted(set(df['results_file'])))}")
+    return "".join(f"- {line}\n" for line in lines)
+
+
+def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str = "revtransfer report",
+                 command: list[str] | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = provenance(command)
+    sections = [f"# {title}\n",
+                f"Written by `{meta['command']}` at commit `{meta['git_commit']}` on {meta['date']} "
+                f"({meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs"
+                f"{', ' + meta['machine']['gpu'] if meta['machine'].get('gpu') else ''}). "
+                "Every number below is read from the files listed under each table; none is typed by hand.\n"]
+
+    manifests = tables.load_manifests(datasets)
+    if manifests:
+        t = tables.dataset_table(manifests)
+        md = write_table(t, out, "datasets", "Generated datasets: target vs measured P(X), P(Y), Corr(X, Y)")
+        seeds = ", ".join(f"{n}: seed {m.get('seed')}, commit {m.get('git_commit')}" for n, m in manifests)
+        sections += ["## Datasets\n", "Target vs measured statistics of each generated dataset "
+                     "([csv](datasets.csv), [tex](datasets.tex)).\n", md, f"- manifests: {seeds}\n"]
+
+    res = _read_results(results)
+    probe = tables.probe_table(res)
+    if not probe.empty:
+        shown = probe.assign(**{"probe acc (%)": [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(probe.acc_mean, probe.acc_std)]})
+        shown = shown[["corr", "fraction", "arch", "probe acc (%)", "auroc_mean", "n", "feature_dim"]]
+        md = write_table(shown, out, "probe_accuracy", "Linear probe accuracy for Y on frozen features (mean ± std over seeds)")
+        plots.probe_accuracy(probe, out / "probe_accuracy.png")
+        sections += ["## Transfer: linear probes\n",
+                     "Frozen backbones pretrained on X, linear probe for Y on the transfer set "
+                     "([csv](probe_accuracy.csv), [tex](probe_accuracy.tex)).\n",
+                     "![probe accuracy](probe_accuracy.png)\n", md]
+        imp = tables.improvement_table(res)
+        if not imp.empty:
+            md = write_table(imp, out, "improvement", "RevViT minus ViT probe accuracy with 95% CI")
+            plots.improvement(imp, out / "improvement.png")
+            sections += ["### RevViT − ViT\n", "![improvement](improvement.png)\n", md]
+        sanity = tables.probe_rows(res)
+        if "sanity_x_acc" in sanity and sanity["sanity_x_acc"].notna().any():
+            s = sanity.groupby(["arch", "corr"])[["pretrain_val_acc", "sanity_x_acc"]].mean().reset_index()
+            sections += ["### Sanity: pretraining task\n", "Pretrain validation accuracy on X and a probe for X on "
+                         "held-out pretrain images (mean over cells).\n", write_table(s, out, "sanity_x")]
+        sections.append(_provenance_lines(tables.probe_rows(res)))
+
+    det = tables.detection_table(res)
+    if not det.empty:
+        md = write_table(det, out, "detection", "Frozen-backbone ViTDet: box and mask AP")
+        sections += ["## Detection: frozen-backbone ViTDet\n", "([csv](detection.csv), [tex](detection.tex))\n", md,
+                     _provenance_lines(res[res.get("box_AP").notna()] if "box_AP" in res else res)]
+
+    bench_df, bench_meta = tables.load_bench(bench) if bench else (pd.DataFrame(), [])
+    if not bench_df.empty:
+        bt = tables.bench_table(bench_df)
+        md = write_table(bt, out, "bench", "Training throughput and activation memory per backward mode")
+        plots.bench_curves(bench_df, out / "bench_throughput.png", "throughput")
+        plots.bench_curves(bench_df, out / "bench_memory.png", "memory")
+        summary = tables.bench_summary(bench_df)
+        sections += ["## Reversible backprop: throughput and memory\n",
+                     "![throughput](bench_throughput.png)\n", "![memory](bench_memory.png)\n"]
+        if not summary.empty:
+            sections += ["Ratios (PaReprop over Reprop at equal batch size; best over the non-reversible "
+                         "reference's best; reference activation memory per sample over each mode's):\n",
+                         write_table(summary, out, "bench_summary")]
+        sections += [md, "".join(f"- `{m.get('command')}` ({m.get('date')}, commit {m.get('git_commit')}, "
+                                 f"{m.get('machine', {}).get('gpu') or 'CPU'}, torch {m.get('versions', {}).get('torch')})\n"
+                                 for m in bench_meta)]
+
+    if len(sections) == 2:
+        sections.append("No inputs found: pass --results, --bench and/or --datasets.\n")
+    atomic_write_text(out / "README.md", "\n".join(sections))
+    atomic_write_text(out / "provenance.json", json.dumps(meta, indent=2) + "\n")
+    return out / "README.md"

@@ -1,0 +1,156 @@
+"""The study's tables, computed from the files the toolkit writes (dataset manifests, results
+tables, bench JSON). Pure functions: DataFrames in, DataFrames out."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Student-t 97.5% quantiles for small n (paired differences over seeds); normal beyond.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def load_manifests(dataset_dirs) -> list[tuple[str, dict]]:
+    """(name, manifest) for every complete dataset under the given dirs (searched recursively)."""
+    found = []
+    for root in map(Path, dataset_dirs):
+        paths = [root / "manifest.json"] if (root / "manifest.json").exists() else sorted(root.rglob("manifest.json"))
+        for p in paths:
+            found.append((p.parent.name, json.loads(p.read_text())))
+    return found
+
+
+def dataset_table(manifests) -> pd.DataFrame:
+    rows = []
+    for name, m in manifests:
+        t, meas = m.get("targets", {}), m.get("measured", {})
+        hist = {int(k): v for k, v in meas.get("object_count_histogram", {}).items()}
+        total = sum(hist.values())
+        rows.append({
+            "dataset": name,
+            "split": m.get("spec", {}).get("split"),
+            "n": m.get("n"),
+            "image": "x".join(str(v) for v in m.get("image_shape", [])[:2][::-1]),
+            "P(X) target": t.get("p_x"), "P(X)": meas.get("p_x"),
+            "P(Y) target": t.get("p_y"), "P(Y)": meas.get("p_y"),
+            "Corr target": t.get("corr"), "Corr": meas.get("corr"),
+            "objects mean": sum(k * v for k, v in hist.items()) / total if total else None,
+            "objects min-max": f"{min(hist)}-{max(hist)}" if hist else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def probe_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Finished probe cells (rows of the sweep results with a probe accuracy)."""
+    if results.empty or "probe_acc" not in results:
+        return results.iloc[0:0]
+    ok = results["probe_acc"].notna()
+    if "status" in results:
+        ok &= results["status"].eq("ok")
+    return results[ok].copy()
+
+
+def probe_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Probe accuracy (and AUROC) per arch x corr x fraction: mean +- std over seeds, with n."""
+    rows = probe_rows(results)
+    if rows.empty:
+        return pd.DataFrame()
+    agg = rows.groupby(["corr", "fraction", "arch"], sort=True).agg(
+        acc_mean=("probe_acc", "mean"), acc_std=("probe_acc", "std"), auroc_mean=("probe_auroc", "mean"),
+        n=("probe_acc", "size"), feature_dim=("feature_dim", "first"),
+    ).reset_index()
+    agg["acc_std"] = agg["acc_std"].fillna(0.0)
+    return agg
+
+
+def improvement_table(results: pd.DataFrame, reversible="revvit_micro", baseline="vit_micro") -> pd.DataFrame:
+    """RevViT - ViT probe accuracy per corr x fraction, paired by seed, with a 95% CI.
+
+    With >= 2 seeds: a t interval over the paired differences. With 1 seed: the two probes'
+    bootstrap CIs combined as independent (half-width sqrt(h1^2 + h2^2))."""
+    rows = probe_rows(results)
+    if rows.empty:
+        return pd.DataFrame()
+    keys = ["corr", "fraction", "seed"]
+    cols = keys + ["probe_acc", "probe_acc_ci_low", "probe_acc_ci_high"]
+    a = rows[rows["arch"] == reversible][cols]
+    b = rows[rows["arch"] == baseline][cols]
+    paired = a.merge(b, on=keys, suffixes=("_rev", "_base"))
+    out = []
+    for (corr, frac), g in paired.groupby(["corr", "fraction"], sort=True):
+        d = (g["probe_acc_rev"] - g["probe_acc_base"]).to_numpy()
+        n = len(d)
+        if n >= 2:
+            half = _T975.get(n - 1, 1.96) * d.std(ddof=1) / math.sqrt(n)
+            method = f"t over {n} seeds"
+        else:
+            h1 = (g["probe_acc_ci_high_rev"] - g["probe_acc_ci_low_rev"]).iloc[0] / 2
+            h2 = (g["probe_acc_ci_high_base"] - g["probe_acc_ci_low_base"]).iloc[0] / 2
+            half = math.sqrt(h1 ** 2 + h2 ** 2) if np.isfinite([h1, h2]).all() else float("nan")
+            method = "bootstrap CIs, 1 seed"
+        out.append({"corr": corr, "fraction": frac, "improvement": d.mean(), "ci_low": d.mean() - half,
+                    "ci_high": d.mean() + half, "n": n, "ci_method": method})
+    return pd.DataFrame(out)
+
+
+def detection_table(results: pd.DataFrame) -> pd.DataFrame:
+    if results.empty or "box_AP" not in results:
+        return pd.DataFrame()
+    rows = results[results["box_AP"].notna()]
+    keep = [c for c in ("arch", "dataset", "config", "iterations", "box_AP", "box_AP50", "mask_AP", "mask_AP50",
+                        "wall_time_s", "git_commit") if c in rows]
+    return rows[keep].reset_index(drop=True)
+
+
+def load_bench(paths) -> tuple[pd.DataFrame, list[dict]]:
+    """All bench records (one row per model x mode x batch size) and each file's provenance."""
+    records, metas = [], []
+    for p in map(Path, paths):
+        data = json.loads(p.read_text())
+        meta = dict(data.get("meta", {}), file=str(p))
+        metas.append(meta)
+        for r in data.get("records", []):
+            records.append(dict(r, source=p.name, device_name=meta.get("machine", {}).get("gpu") or "cpu"))
+    return pd.DataFrame(records), metas
+
+
+def bench_table(bench: pd.DataFrame) -> pd.DataFrame:
+    if bench.empty:
+        return bench
+    cols = ["model", "mode", "batch_size", "status", "samples_per_s", "step_ms_median",
+            "activation_bytes_per_sample", "peak_mem_bytes", "device_name"]
+    t = bench[[c for c in cols if c in bench]].copy()
+    t["activation_MB_per_sample"] = t.pop("activation_bytes_per_sample") / 2 ** 20
+    if "peak_mem_bytes" in t:
+        t["peak_MB"] = t.pop("peak_mem_bytes") / 2 ** 20
+    return t
+
+
+def bench_summary(bench: pd.DataFrame) -> pd.DataFrame:
+    """Per reversible model and device: pareprop/reprop throughput at each batch size, best-vs-best
+    against the non-reversible reference, and activation memory per sample vs the reference."""
+    if bench.empty:
+        return pd.DataFrame()
+    ok = bench[bench["status"] == "ok"]
+    out = []
+    for (source, model), g in ok[ok["mode"] != "vanilla"].groupby(["source", "model"]):
+        ref = ok[(ok["source"] == source) & (ok["mode"] == "vanilla")]
+        by_mode = {m: gm.set_index("batch_size")["samples_per_s"] for m, gm in g.groupby("mode")}
+        row = {"source": source, "model": model, "device": g["device_name"].iloc[0]}
+        if "pareprop" in by_mode and "reprop" in by_mode:
+            ratio = (by_mode["pareprop"] / by_mode["reprop"]).dropna()
+            row.update(pareprop_over_reprop_min=ratio.min(), pareprop_over_reprop_max=ratio.max())
+        if not ref.empty:
+            row["reference"] = ref["model"].iloc[0]
+            best_ref = ref["samples_per_s"].max()
+            for m, s in by_mode.items():
+                row[f"best_{m}_over_reference"] = s.max() / best_ref
+            ref_act = ref["activation_bytes_per_sample"].median()
+            for m in by_mode:
+                act = g[g["mode"] == m]["activation_bytes_per_sample"].median()
+                row[f"reference_act_over_{m}"] = ref_act / act if act else None
+        out.append(row)
+    return pd.DataFrame(out)

@@ -1,0 +1,81 @@
+"""`revtransfer report` on synthetic inputs in the toolkit's on-disk formats."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from click.testing import CliRunner
+
+from revtransfer.cli import main
+from revtransfer.report import tables
+
+
+def _results(tmp_path, seeds=(0, 1, 2)):
+    rng = np.random.default_rng(0)
+    rows = []
+    for arch, base in (("vit_micro", 0.70), ("revvit_micro", 0.75)):
+        for corr in (0.8, 0.3):
+            for frac in (0.5, 1.0):
+                for seed in seeds:
+                    acc = base + 0.05 * frac + rng.normal(0, 0.01)
+                    rows.append(dict(sweep="t", cell_id=f"{arch}-{corr}-{frac}-{seed}", status="ok", arch=arch,
+                                     backprop="pareprop", corr=corr, fraction=frac, seed=seed, probe_acc=acc,
+                                     probe_acc_ci_low=acc - 0.02, probe_acc_ci_high=acc + 0.02, probe_auroc=acc + 0.1,
+                                     feature_dim=512 if arch.startswith("rev") else 256, git_commit="abc"))
+    rows.append(dict(sweep="t", cell_id="broken", status="error", arch="vit_micro", corr=0.8, fraction=1.0, seed=9,
+                     probe_acc=None, error="boom"))
+    rows.append(dict(sweep="det", cell_id="d1", status="ok", arch="revvit_micro", box_AP=12.5, mask_AP=10.0))
+    d = tmp_path / "results"
+    d.mkdir()
+    pd.DataFrame(rows).to_parquet(d / "results.parquet")
+    return d
+
+
+def test_improvement_pairs_seeds_and_gives_a_t_interval(tmp_path):
+    res = pd.read_parquet(_results(tmp_path) / "results.parquet")
+    imp = tables.improvement_table(res)
+    assert len(imp) == 4 and (imp["n"] == 3).all()
+    assert imp["improvement"].between(0.02, 0.08).all()
+    assert (imp["ci_low"] < imp["improvement"]).all() and (imp["improvement"] < imp["ci_high"]).all()
+    probe = tables.probe_table(res)
+    assert len(probe) == 8 and (probe["n"] == 3).all()  # the failed cell is not averaged in
+
+
+def test_single_seed_uses_the_bootstrap_cis(tmp_path):
+    res = pd.read_parquet(_results(tmp_path, seeds=(0,)) / "results.parquet")
+    imp = tables.improvement_table(res)
+    half = (imp["ci_high"] - imp["ci_low"]) / 2
+    assert np.allclose(half, np.sqrt(2) * 0.02) and (imp["ci_method"] == "bootstrap CIs, 1 seed").all()
+
+
+def test_report_writes_tables_plots_and_index(tmp_path):
+    results = _results(tmp_path)
+    ds = tmp_path / "data" / "pre80"
+    ds.mkdir(parents=True)
+    (ds / "manifest.json").write_text(json.dumps({
+        "n": 100, "seed": 1, "image_shape": [80, 80, 3], "spec": {"split": "pretrain"}, "git_commit": "abc",
+        "targets": {"p_x": 0.51, "p_y": 0.51, "corr": 0.8},
+        "measured": {"p_x": 0.51, "p_y": 0.51, "corr": 0.7997, "object_count_histogram": {"3": 50, "10": 50}}}))
+    bench = tmp_path / "bench.json"
+    recs = [dict(model=m, mode=mode, batch_size=b, status="ok", samples_per_s=s * b, step_ms_median=1.0,
+                 activation_bytes_per_sample=a, peak_mem_bytes=None, device="cpu")
+            for m, mode, s, a in (("revvit_micro", "reprop", 1.0, 1e5), ("revvit_micro", "pareprop", 1.1, 1e5),
+                                  ("vit_micro", "vanilla", 1.4, 1e6)) for b in (2, 4)]
+    bench.write_text(json.dumps({"meta": {"command": "revtransfer bench", "machine": {}}, "records": recs}))
+    out = tmp_path / "reports"
+    r = CliRunner().invoke(main, ["report", "--results", str(results), "--bench", str(bench),
+                                  "--datasets", str(tmp_path / "data"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for name in ("datasets", "probe_accuracy", "improvement", "detection", "bench", "bench_summary"):
+        for ext in ("md", "csv", "tex"):
+            assert (out / f"{name}.{ext}").exists(), f"{name}.{ext}"
+    for png in ("probe_accuracy", "improvement", "bench_throughput", "bench_memory"):
+        assert (out / f"{png}.png").stat().st_size > 5000
+    index = (out / "README.md").read_text()
+    assert "![probe accuracy](probe_accuracy.png)" in index and "0.7997" in index and "| pre80 |" in index
+    summary = pd.read_csv(out / "bench_summary.csv")
+    assert np.isclose(summary["pareprop_over_reprop_min"].iloc[0], 1.1)
+    assert np.isclose(summary["best_pareprop_over_reference"].iloc[0], 1.1 / 1.4)
+    assert np.isclose(summary["reference_act_over_reprop"].iloc[0], 10.0)
+    assert json.loads((out / "provenance.json").read_text())["command"].startswith("revtransfer report")
