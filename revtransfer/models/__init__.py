@@ -4,10 +4,12 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from . import revvit, vit  # noqa: F401  (registers the models)
+from . import revmvit, revroberta, revswin, revvit, vit  # noqa: F401  (registers the models)
 from .revvit import RevViT
 
-OUR_MODELS = ("vit_micro", "revvit_micro", "revvit_small", "revvit_base", "revvit_large")
+OUR_MODELS = ("vit_micro", "revvit_micro", "revvit_small", "revvit_base", "revvit_large",
+              "revswin_tiny", "revswin_small", "revswin_base", "revmvit_tiny", "revmvit_base",
+              "revroberta_base", "revroberta_large")
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

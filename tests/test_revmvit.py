@@ -1,0 +1,143 @@
+"""Reversible MViTv2: exact gradients in every backward mode, flat activation memory per stage, and
+the registered sizes are MViTv2-T/B plus only the reversible parts."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import revtransfer  # noqa: F401  (registers the models)
+from helpers import grads_of, max_rel_error, saved_bytes_of_step
+from revtransfer.models.revmvit import MViTTransition, RevMViT
+from revtransfer.reversible import BACKPROP_MODES, ReversibleStack
+
+# A LayerNorm bias on the keys shifts every score of a query by the same amount, which softmax
+# ignores: its exact gradient is 0 and what autograd returns is rounding noise (~1e-19), so a
+# relative error means nothing there. Those are checked against the model's gradient scale instead.
+ZERO_BY_SYMMETRY = "attn.norm_k.bias"
+
+
+def loss_fn(out):
+    return (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).square().sum()
+
+
+def tiny_mvit(depths, embed_dim=16, dtype=torch.float64, **kwargs):
+    torch.manual_seed(0)
+    model = RevMViT(img_size=32, embed_dim=embed_dim, depths=depths, num_heads=1, num_classes=5, **kwargs)
+    return model.to(dtype)
+
+
+def stacks(model):
+    return [m for m in model.layers.stages if isinstance(m, ReversibleStack)]
+
+
+def assert_grads_match(got, ref, rtol, what):
+    assert got.keys() == ref.keys(), what
+    scale = max(g.abs().max().item() for g in ref.values())
+    for name, g in ref.items():
+        if name.endswith(ZERO_BY_SYMMETRY):
+            assert g.abs().max().item() <= 1e-12 * scale, f"{name} was expected to have a zero gradient"
+            assert (got[name] - g).abs().max().item() <= rtol * scale, f"{what}: {name}"
+        else:
+            err = max_rel_error(got[name], g)
+            assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g} for {name}"
+
+
+@pytest.mark.parametrize("depths, fusions", [
+    ((1, 2), ("concat", "avg")),      # stage 1 = transition + 1 reversible block
+    ((3,), ("concat", "avg")),        # one stage, odd depth, no transition
+    ((2, 3), ("avg", "concat")),      # even then odd; concat fusion before the transition
+    ((1, 1, 3), ("concat", "avg")),   # a stage that is only its transition block
+])
+def test_float64_grads_equal_backprop_with_drop_path(depths, fusions):
+    model = tiny_mvit(depths, fusion=fusions[0], transition_fusion=fusions[1], drop_path_rate=0.3,
+                      drop_rate=0.1).train()
+    expected_rev = [depths[0]] + [d - 1 for d in depths[1:] if d > 1]
+    assert [len(s.blocks) for s in stacks(model)] == expected_rev
+    assert sum(isinstance(s, MViTTransition) for s in model.layers.stages) == len(depths) - 1
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    model.set_backprop("backprop")
+    ref = grads_of(model, (x,), loss_fn)
+    assert set(ref) == {"input0"} | {n for n, _ in model.named_parameters()}
+    for mode in ("reprop", "pareprop"):
+        model.set_backprop(mode)
+        assert_grads_match(grads_of(model, (x,), loss_fn), ref, 1e-10, mode)
+
+
+def test_drop_path_is_live_in_train_mode():
+    model = tiny_mvit((2, 2), drop_path_rate=0.5).train()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(x)
+        torch.manual_seed(2)
+        b = model(x)
+    assert not torch.equal(a, b)
+
+
+def test_modes_agree_in_forward_eval_and_no_grad():
+    model = tiny_mvit((2, 2), drop_path_rate=0.3)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    outs = {}
+    for mode in BACKPROP_MODES:
+        model.set_backprop(mode)
+        model.train()
+        torch.manual_seed(3)
+        train_out = model(x).detach()
+        model.eval()
+        with torch.no_grad():
+            outs[mode] = (train_out, model(x))
+    for mode in BACKPROP_MODES:
+        assert torch.equal(outs[mode][0], outs["backprop"][0])
+        assert torch.equal(outs[mode][1], outs["backprop"][1])
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_saved_bytes_flat_in_stage_depth(stage):
+    x = torch.randn(2, 3, 32, 32)
+
+    def saved(depth, mode):
+        depths = tuple(depth if s == stage else 2 for s in range(2))
+        model = tiny_mvit(depths, dtype=torch.float32, backprop=mode, drop_path_rate=0.1).train()
+        return saved_bytes_of_step(model, x)
+
+    b = {(d, mode): saved(d, mode) for d in (2, 6) for mode in BACKPROP_MODES}
+    for mode in ("reprop", "pareprop"):
+        assert b[6, mode] <= 1.1 * b[2, mode], (mode, b)
+        assert b[2, mode] < b[2, "backprop"], (mode, b)
+    assert b[6, "backprop"] > 1.5 * b[2, "backprop"], b
+
+
+@pytest.mark.parametrize("size", ["tiny", "base"])
+def test_registered_sizes_are_mvitv2_plus_reversible_parts(size):
+    with torch.device("meta"):
+        rev = timm.create_model(f"revmvit_{size}")
+        ref = timm.create_model(f"mvitv2_{size}")
+    assert rev.pretrained_cfg["input_size"] == (3, 224, 224)
+    ref_depths = [len(stage.blocks) for stage in ref.stages]
+    # stage 0 keeps its width and resolution, so all its blocks are reversible; every later stage
+    # starts with its (non-reversible) transition block
+    assert [len(s.blocks) for s in stacks(rev)] == [ref_depths[0]] + [d - 1 for d in ref_depths[1:]]
+    transitions = [s for s in rev.layers.stages if isinstance(s, MViTTransition)]
+    assert [t.block.dim_out for t in transitions] == [stage.blocks[0].dim_out for stage in ref.stages[1:]]
+    # Extra parameters with the default fusions (avg before transitions, concat at the end):
+    # the final LayerNorm and head over 2C instead of C.
+    c = ref.num_features
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(rev) - count(ref) == c * rev.num_classes + 2 * c
+    assert rev.num_features == 2 * c
+
+
+def test_timm_conventions():
+    model = tiny_mvit((1, 2), dtype=torch.float32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 16, model.num_features)  # 8x8 tokens pooled to 4x4 by the transition
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+        assert model(x).shape == (2, 5)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+    names = {n for n, _ in model.named_parameters()}
+    assert model.no_weight_decay() and model.no_weight_decay() <= names
+    assert model.patch_embed.img_size == (32, 32)  # what the benchmark reads for its input size
