@@ -33,6 +33,16 @@ REFERENCE_MODELS = {
     "revmvit_base": "mvitv2_base",
 }
 
+# Model kwargs that only reversible models take; the reference row gets the others.
+_REVERSIBLE_ONLY_KWARGS = {"backprop", "fusion", "transition_fusion"}
+
+
+def _reference_kwargs(model_kwargs: dict) -> dict:
+    kwargs = {k: v for k, v in model_kwargs.items() if k not in _REVERSIBLE_ONLY_KWARGS}
+    kwargs.setdefault("drop_path_rate", 0.0)  # as ours (timm's Swin defaults to 0.1)
+    return kwargs
+
+
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -202,8 +212,7 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
     records = []
     for name, mode in jobs:
         torch.manual_seed(0)
-        # The reference gets the same drop-path rate as ours (timm's Swin defaults to 0.1, ours to 0).
-        kwargs = model_kwargs if mode != "vanilla" else {"drop_path_rate": model_kwargs.get("drop_path_rate", 0.0)}
+        kwargs = model_kwargs if mode != "vanilla" else _reference_kwargs(model_kwargs)
         model = create_model(name, **kwargs).to(device)
         if not is_reversible(model) and mode != "vanilla":
             raise ValueError(f"{name} is not reversible: it has no backward mode {mode!r}")
