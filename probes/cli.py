@@ -1,0 +1,92 @@
+"""``revtransfer probe`` and ``revtransfer sweep``."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+
+def _setup_logging():
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("transfer_dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last")
+@click.option("--n-boot", type=int, default=1000, help="Bootstrap resamples for the 95% CIs.")
+@click.option("--seed", type=int, default=0, help="Probe split and bootstrap seed.")
+@click.option("--no-sanity", is_flag=True, help="Skip the has_x probe on the pretrain held-out part.")
+@click.option("--device", default="auto")
+@click.option("--progress/--no-progress", default=True)
+def probe(run_dir, transfer_dataset, checkpoint, n_boot, seed, no_sanity, device, progress):
+    """Linear-probe the frozen backbone of RUN_DIR for has_y on TRANSFER_DATASET.
+
+    \b
+    revtransfer probe runs/rev data/transfer
+    Writes RUN_DIR/probe.json; prints test accuracy and AUROC with bootstrap 95% CIs.
+    """
+    from .probe import ProbeSettings, run_probes
+
+    _setup_logging()
+    settings = ProbeSettings(seed=seed, n_boot=n_boot, checkpoint=checkpoint, sanity=not no_sanity)
+    results = run_probes(run_dir, transfer_dataset, settings, device=device, progress=progress)
+    for name, r in results.items():
+        click.echo(f"{name:28s} acc {r.acc:.4f} [{r.acc_ci_low:.4f}, {r.acc_ci_high:.4f}]  "
+                   f"AUROC {r.auroc:.4f} [{r.auroc_ci_low:.4f}, {r.auroc_ci_high:.4f}]  "
+                   f"C={r.C:g}  dim={r.feature_dim}  n_test={r.n_test}  (majority {r.majority_acc:.3f})")
+
+
+def _only_filter(items: tuple[str, ...]):
+    """--only arch=vit_micro --only seed=0 -> predicate over cells."""
+    from .sweep import parse_number
+
+    conds = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("arch", "backprop", "corr", "fraction", "seed"):
+            raise click.BadParameter(f"{item!r}: use arch=, backprop=, corr=, fraction= or seed=",
+                                     param_hint="--only")
+        conds.append((key, value if key in ("arch", "backprop") else parse_number(value, f"--only {key}")))
+    if not conds:
+        return None
+    return lambda cell: all(getattr(cell, k) == v if isinstance(v, str) else
+                            abs(getattr(cell, k) - v) < 1e-6 for k, v in conds)
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("sweep_file")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".",
+              help="Relative paths in the sweep file are resolved against this directory.")
+@click.option("--only", multiple=True, metavar="KEY=VALUE", help="Run only matching cells (repeatable).")
+@click.option("--max-cells", type=int, default=None, help="Stop after running this many cells.")
+@click.option("--retry-failed/--no-retry-failed", default=True, help="Re-run cells recorded as failed.")
+@click.option("--status", "show_status", is_flag=True, help="List the cells and their state; run nothing.")
+@click.option("--progress/--no-progress", default=True)
+def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, progress):
+    """Run every unfinished cell of SWEEP_FILE (a YAML path, or a preset: paper, demo).
+
+    \b
+    revtransfer sweep demo                       # CPU, minutes: small data, same grid shape
+    revtransfer sweep paper --workdir /scratch   # the study's scale, for a GPU
+    revtransfer sweep my_sweep.yaml --only arch=revvit_micro --status
+
+    Finished cells are skipped, so re-running a killed sweep resumes it; results go to
+    OUT/results.parquet and OUT/results.csv (OUT from the sweep file).
+    """
+    from .sweep import SweepSpec, cell_status, run_sweep
+
+    _setup_logging()
+    spec = SweepSpec.load(sweep_file, workdir)
+    if show_status:
+        for cell, state in cell_status(spec):
+            click.echo(f"{state:8s} {cell.cell_id}")
+        return
+    report = run_sweep(spec, progress=progress, retry_failed=retry_failed, only=_only_filter(only),
+                       max_cells=max_cells)
+    click.echo(f"sweep {spec.name}: {report.summary()}; table: {spec.out / 'results.csv'}")
+    if report.failed:
+        click.echo("failed cells:\n" + json.dumps(report.failed, indent=2), err=True)
+        sys.exit(1)

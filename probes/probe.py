@@ -1,0 +1,130 @@
+"""Probe a pretrained run: has_y on the transfer set (the study's measure) and has_x on the
+pretrain set's held-out part (a sanity row: the backbone must solve its own task)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from revtransfer.train.atomic import atomic_write_json
+from revtransfer.train.checkpoint import BEST, LAST, CheckpointError, load_checkpoint
+from revtransfer.train.config import PretrainConfig
+from revtransfer.train.data import Normalize, holdout_split, open_dataset
+from revtransfer.train.pretrain import build_model, norm_stats, resolve_device
+
+from .features import cached_features, file_digest
+from .linear import DEFAULT_CS, DEFAULT_SPLIT, ProbeResult, fit_linear_probe
+
+log = logging.getLogger(__name__)
+PROBE_JSON = "probe.json"
+
+
+@dataclass
+class ProbeSettings:
+    split: Sequence[float] = DEFAULT_SPLIT
+    Cs: Sequence[float] = DEFAULT_CS
+    seed: int = 0            # probe split and bootstrap; fixed across cells so all see the same split
+    n_boot: int = 1000
+    batch_size: int = 256
+    max_iter: int = 2000
+    checkpoint: str = "last"  # "last" (end of training) or "best" (best pretrain val acc)
+    sanity: bool = True       # also probe has_x on the pretrain held-out part
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ProbeSettings":
+        d = dict(d or {})
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown probe settings {unknown}; known: {sorted(names)}")
+        if d.get("checkpoint", "last") not in ("last", "best"):
+            raise ValueError(f"probe checkpoint={d['checkpoint']!r}: choose 'last' or 'best'")
+        return cls(**d)
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module
+    config: PretrainConfig
+    checkpoint: Path
+    digest: str
+    normalize: Normalize = field(repr=False)
+
+
+def load_backbone(run_dir: str | Path, which: str = "last", device: str = "auto") -> Backbone:
+    """The frozen (eval mode, no grad) model of a pretraining run dir."""
+    run_dir = Path(run_dir)
+    path = run_dir / (LAST if which == "last" else BEST)
+    state = load_checkpoint(path)
+    if "model" not in state or "config" not in state:
+        raise CheckpointError(f"checkpoint {path} lacks the model weights or the config")
+    cfg = PretrainConfig.from_dict(state["config"])
+    dev = resolve_device(device)
+    model = build_model(cfg, tuple(state["image_size"]) if "image_size" in state else _dataset_image_size(cfg))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit {cfg.arch}: {e}") from e
+    model = model.to(dev).eval().requires_grad_(False)
+    mean, std = norm_stats(model)
+    return Backbone(model, cfg, path, file_digest(path), Normalize(mean, std, dev, torch.float32))
+
+
+def _dataset_image_size(cfg: PretrainConfig):
+    """For checkpoints that do not record their image size: the pretrain dataset's."""
+    if "img_size" in cfg.model_kwargs:
+        return None
+    try:
+        return open_dataset(cfg.dataset).image_size
+    except Exception as e:
+        raise CheckpointError(f"cannot rebuild the model of {cfg.out}: its pretrain dataset "
+                              f"{cfg.dataset} is not readable ({e})") from e
+
+
+def run_probes(run_dir: str | Path, transfer_dataset: str | Path, settings: ProbeSettings | None = None, *,
+               device: str = "auto", progress: bool = True) -> dict[str, ProbeResult]:
+    """Probe ``run_dir``'s backbone; results also go to ``run_dir/probe.json``."""
+    settings = settings or ProbeSettings()
+    backbone = load_backbone(run_dir, settings.checkpoint, device)
+    model = backbone.model.float()
+    cache = Path(run_dir) / "features"
+    key = [backbone.digest]
+    results = {}
+
+    transfer = open_dataset(transfer_dataset)
+    idx = torch.arange(len(transfer)).numpy()
+    feats = cached_features(cache, key, model, transfer, idx, backbone.normalize,
+                            batch_size=settings.batch_size, progress=progress, desc="features transfer")
+    results["has_y@transfer"] = fit_linear_probe(
+        feats, transfer.binary_labels("has_y"), task="has_y@transfer", split=settings.split, Cs=settings.Cs,
+        seed=settings.seed, n_boot=settings.n_boot, max_iter=settings.max_iter)
+
+    if settings.sanity:
+        cfg = backbone.config
+        pre = open_dataset(cfg.dataset)
+        _, held_out = holdout_split(len(pre), cfg.val_frac, cfg.split_seed)
+        feats = cached_features(cache, key, model, pre, held_out, backbone.normalize,
+                                batch_size=settings.batch_size, progress=progress, desc="features held-out")
+        results[f"{cfg.label}@pretrain_heldout"] = fit_linear_probe(
+            feats, pre.binary_labels(cfg.label)[held_out], task=f"{cfg.label}@pretrain_heldout",
+            split=settings.split, Cs=settings.Cs, seed=settings.seed, n_boot=settings.n_boot,
+            max_iter=settings.max_iter)
+
+    atomic_write_json(Path(run_dir) / PROBE_JSON, {
+        "checkpoint": str(backbone.checkpoint), "checkpoint_digest": backbone.digest,
+        "transfer_dataset": str(transfer_dataset), "transfer_fingerprint": transfer.fingerprint,
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
+        "results": {k: r.as_dict() for k, r in results.items()},
+    })
+    return results
+
+
+def read_probe_results(run_dir: str | Path) -> dict[str, ProbeResult] | None:
+    path = Path(run_dir) / PROBE_JSON
+    if not path.exists():
+        return None
+    return {k: ProbeResult(**v) for k, v in json.loads(path.read_text())["results"].items()}

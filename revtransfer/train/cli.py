@@ -1,0 +1,102 @@
+"""``revtransfer pretrain``: thin click wrapper over :func:`revtransfer.train.pretrain`."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+import yaml
+
+from revtransfer.reversible import BACKPROP_MODES
+
+from .config import PRECISIONS, PretrainConfig
+
+
+def parse_model_kwargs(items: tuple[str, ...]) -> dict:
+    """("depth=2", "embed_dim=64") -> {"depth": 2, "embed_dim": 64}; values parsed as YAML."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. depth=2)", param_hint="--model-kw")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("dataset", required=False)
+@click.option("--out", "-o", help="Run dir (config, checkpoints, metrics).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="Start from a config YAML (e.g. a run's config.yaml); options given here override it.")
+@click.option("--arch", default=None, help="Model name, e.g. vit_micro, revvit_micro.  [default: vit_micro]")
+@click.option("--model-kw", multiple=True, metavar="KEY=VALUE",
+              help="Model constructor argument, e.g. --model-kw depth=2 --model-kw embed_dim=64.")
+@click.option("--backprop", type=click.Choice(BACKPROP_MODES), default=None,
+              help="Backward of reversible models.  [default: pareprop]")
+@click.option("--epochs", type=int, default=None, help="[default: 40]")
+@click.option("--batch-size", type=int, default=None, help="Global batch size.  [default: 256]")
+@click.option("--lr", type=float, default=None, help="Peak learning rate of the one-cycle schedule.  [default: 3e-4]")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay.  [default: 0.05]")
+@click.option("--fraction", type=float, default=None, help="Seeded fraction of the pretrain part to train on.  [default: 1]")
+@click.option("--val-frac", type=float, default=None, help="Held-out part of the dataset.  [default: 0.1]")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: fp32]")
+@click.option("--amp", is_flag=True, help="Shorthand for --precision bf16 (autocast).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--init", "init_checkpoint", default=None,
+              help="Initialise from a checkpoint: ours, a timm ViT state dict or a PySlowFast RevViT.")
+@click.option("--init-format", type=click.Choice(["auto", "revtransfer", "timm_vit", "slowfast_revvit"]), default=None)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--benchmark-steps", type=int, default=0,
+              help="Instead of training, time N training steps of this config on this data and write "
+                   "throughput.json into --out.")
+@click.option("--progress/--no-progress", default=True)
+def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_size, lr, weight_decay, fraction,
+             val_frac, seed, precision, amp, device, init_checkpoint, init_format, resume, benchmark_steps, progress):
+    """Pretrain a model on has_x of a clevr_gen DATASET (the study's recipe by default).
+
+    \b
+    revtransfer pretrain data/pt-corr0.8 --out runs/vit --arch vit_micro --epochs 40
+    revtransfer pretrain data/pt-corr0.8 --out runs/rev --arch revvit_micro --backprop pareprop --amp
+    torchrun --nproc-per-node 4 -m revtransfer.cli pretrain data/pt --out runs/ddp   # DDP
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    base = {}
+    if config_file:
+        data = yaml.safe_load(open(config_file)) or {}
+        base = dict(data.get("config", data))
+    given = dict(dataset=dataset, out=out, arch=arch, backprop=backprop, epochs=epochs, batch_size=batch_size,
+                 lr=lr, weight_decay=weight_decay, fraction=fraction, val_frac=val_frac, seed=seed,
+                 precision="bf16" if amp else precision, device=device, init_checkpoint=init_checkpoint,
+                 init_format=init_format)
+    base.update({k: v for k, v in given.items() if v is not None})
+    if model_kw:
+        base["model_kwargs"] = {**base.get("model_kwargs", {}), **parse_model_kwargs(model_kw)}
+    for required in ("dataset", "out"):
+        if not base.get(required):
+            raise click.UsageError(f"give {'DATASET' if required == 'dataset' else '--out'} (or a --config that has it)")
+    base["dataset"] = os.path.abspath(base["dataset"])  # the run dir must find it from anywhere
+    try:
+        cfg = PretrainConfig.from_dict(base)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+    if benchmark_steps:
+        from .throughput import benchmark_config
+
+        record = benchmark_config(cfg, steps=benchmark_steps, progress=progress)
+        click.echo(json.dumps(record, indent=2))
+        return
+    from .pretrain import pretrain as run
+
+    import torch.distributed as dist
+
+    result = run(cfg, resume=resume, progress=progress)
+    if dist.is_initialized():  # under torchrun: one report, and a clean shutdown of the group
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return
+    click.echo(json.dumps(vars(result), indent=2))
