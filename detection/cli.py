@@ -1,0 +1,107 @@
+"""``revtransfer detect``: train and evaluate frozen-backbone ViTDet, and measure its speed."""
+from __future__ import annotations
+
+import click
+
+_COMMON = [
+    click.option("--config", "config", required=True,
+                 help="A config file, or one of ours by name (e.g. clevr_mask_rcnn_vit_micro_frozen)."),
+    click.option("--backbone-checkpoint", type=click.Path(dir_okay=False),
+                 help="Backbone weights: our pretrain checkpoint, timm ViT or SlowFast RevViT weights."),
+    click.option("--train-json", type=click.Path(dir_okay=False), help="COCO json of the training set."),
+    click.option("--train-images", type=click.Path(),
+                 help="Folder of training images, or clevr_gen's images.npy (or its folder)."),
+    click.option("--val-json", type=click.Path(dir_okay=False), help="COCO json of the evaluation set."),
+    click.option("--val-images", type=click.Path(), help="Folder of evaluation images, or images.npy."),
+    click.option("--dataset", "dataset_dir", type=click.Path(file_okay=False),
+                 help="A clevr_gen dataset dir (coco.json + images) for both train and val; "
+                      "--train-*/--val-* take precedence."),
+    click.option("--output-dir", type=click.Path(file_okay=False), help="Run directory (train.output_dir)."),
+    click.option("--device", help="cpu or cuda (train.device)."),
+    click.option("--seed", type=int, help="train.seed (default: the config's)."),
+    click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True,
+                 help="Where the shared results table (results.parquet/.csv) gets this run's row; '' for none."),
+    click.option("--num-gpus", type=int, default=1, show_default=True, help="Processes per machine."),
+    click.option("--num-machines", type=int, default=1, show_default=True),
+    click.option("--machine-rank", type=int, default=0, show_default=True),
+    click.option("--dist-url", default="auto", show_default=True),
+    click.argument("overrides", nargs=-1),
+]
+
+
+def _common(f):
+    for option in reversed(_COMMON):
+        f = option(f)
+    return f
+
+
+def _run_args(kw: dict, **extra):
+    from pathlib import Path
+
+    from .launcher import RunArgs
+
+    d = kw.pop("dataset_dir", None)
+    if d:
+        d = Path(d)
+        for split in ("train", "val"):
+            kw[f"{split}_json"] = kw.get(f"{split}_json") or str(d / "coco.json")
+            kw[f"{split}_images"] = kw.get(f"{split}_images") or str(d)
+    kw["overrides"] = list(kw.pop("overrides"))
+    kw["results_dir"] = kw.get("results_dir") or None
+    return RunArgs(**kw, **extra)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def detect():
+    """Frozen-backbone ViTDet (detectron2) with our ViT and RevViT backbones.
+
+    OVERRIDES are detectron2 LazyConfig overrides, e.g. train.max_iter=200 optimizer.lr=1e-4.
+    """
+
+
+@detect.command()
+@_common
+@click.option("--max-iter", type=int, help="Iterations (the LR schedule is rescaled to it).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --output-dir.")
+@click.option("--demo", is_flag=True, help="A CPU-sized run (few iterations, one evaluation at the end).")
+def train(**kw):
+    """Train the detector (the backbone stays frozen) and evaluate it."""
+    from .launcher import main
+
+    _print(main(_run_args(kw)))
+
+
+@detect.command("eval")
+@_common
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="A detector checkpoint from a training run (e.g. OUTPUT/model_final.pth).")
+def eval_(weights, **kw):
+    """Evaluate a trained detector (box and mask AP) on the evaluation set."""
+    from .launcher import main
+
+    _print(main(_run_args(kw, eval_only=True, weights=weights)))
+
+
+@detect.command()
+@click.option("--config", required=True, help="A config file or one of ours by name.")
+@click.option("--iters", type=int, default=5, show_default=True, help="Timed iterations (after warmup).")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--device", help="cpu or cuda (default: the config's).")
+@click.option("--compare-unfrozen/--no-compare-unfrozen", default=True, show_default=True,
+              help="Also time the same detector with a trainable backbone, for reference.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
+@click.argument("overrides", nargs=-1)
+def bench(**kw):
+    """Seconds per iteration split into backbone forward, rest of forward, backward and step, plus peak
+    memory and the number of backward ops that ran inside the backbone (0 when frozen)."""
+    from .bench import run_bench
+
+    kw["overrides"] = list(kw["overrides"])
+    _print(run_bench(**kw))
+
+
+def _print(obj):
+    import json
+
+    click.echo(json.dumps(obj, indent=2, default=float))

@@ -1,0 +1,173 @@
+"""Finding, loading and completing the plugin's LazyConfigs.
+
+A config (``detection/configs/*.py``) holds everything of a run but the data paths and the backbone
+checkpoint; :func:`build_config` fills those in from arguments, applies ``key=value`` overrides
+(detectron2/hydra syntax), then :func:`prepare` registers the datasets and checks what can be
+checked before any model is built.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+from detectron2.config import LazyConfig
+
+from .data import DatasetError, category_names, register_coco_by_path
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# ``--demo``: the clevr micro configs at ``make demo`` size (2 CPU cores, about two minutes).
+DEMO_OVERRIDES = (
+    "train.eval_period=0",  # one evaluation, after the last iteration
+    "train.checkpointer.period=1000000",
+    "train.log_period=10",
+    "dataloader.train.total_batch_size=4",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "datasets.test.max_images=100",
+)
+DEMO_MAX_ITER = 100
+
+
+def config_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file path, or the name of one of ours (``clevr_mask_rcnn_vit_micro_frozen``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    ours = CONFIG_DIR / (p.name if p.suffix == ".py" else f"{p.name}.py")
+    if ours.is_file() and p.parent == Path("."):
+        return ours
+    raise FileNotFoundError(f"config {str(name_or_path)!r} is neither a file nor one of ours: "
+                            f"{', '.join(config_names())}")
+
+
+def set_max_iter(cfg, max_iter: int) -> None:
+    """Change the schedule length keeping its shape: decay milestones at the same fractions, the
+    same number of warmup iterations (at most a quarter of the run)."""
+    old = int(cfg.train.max_iter)
+    max_iter = int(max_iter)
+    if max_iter <= 0:
+        raise ValueError(f"max_iter must be positive, got {max_iter}")
+    cfg.train.max_iter = max_iter
+    lr = cfg.get("lr_multiplier")
+    if lr is None:
+        return
+    sched = lr.get("scheduler", {})
+    if "milestones" in sched:
+        ms = [max(1, round(m * max_iter / old)) for m in sched.milestones]
+        if all(a < b for a, b in zip([0, *ms], [*ms, max_iter])):
+            sched.milestones = ms
+        else:  # too short a run for the decay steps: keep the initial lr throughout
+            sched.values, sched.milestones = [sched["values"][0]], []
+    if "num_updates" in sched and not isinstance(sched.num_updates, str):
+        sched.num_updates = max_iter
+    if "warmup_length" in lr:
+        warmup_iters = float(lr.warmup_length) * old
+        lr.warmup_length = min(warmup_iters, max_iter / 4) / max_iter
+
+
+def build_config(
+    name_or_path: str | Path,
+    *,
+    backbone_checkpoint: str | None = None,
+    train_json: str | None = None,
+    train_images: str | None = None,
+    val_json: str | None = None,
+    val_images: str | None = None,
+    output_dir: str | None = None,
+    max_iter: int | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    demo: bool = False,
+    overrides: Sequence[str] = (),
+):
+    """Load a config and fill in a run's specifics; explicit ``overrides`` are applied last."""
+    cfg = LazyConfig.load(str(resolve_config(name_or_path)))
+    if backbone_checkpoint is not None:
+        if backbone_checkpoint and not Path(backbone_checkpoint).is_file():
+            raise FileNotFoundError(f"backbone checkpoint {backbone_checkpoint!r} does not exist")
+        cfg.model.backbone.net.checkpoint = str(backbone_checkpoint)
+    for split, json_file, images in (("train", train_json, train_images), ("test", val_json, val_images)):
+        if (json_file is None) != (images is None):
+            raise ValueError(f"give both the json and the images of the {split} set, or neither "
+                             f"(got json={json_file!r}, images={images!r})")
+        if json_file is not None:
+            cfg.datasets[split].json, cfg.datasets[split].images = str(json_file), str(images)
+    if demo:
+        cfg = LazyConfig.apply_overrides(cfg, list(DEMO_OVERRIDES))
+        set_max_iter(cfg, DEMO_MAX_ITER)
+    if max_iter is not None:
+        set_max_iter(cfg, max_iter)
+    if output_dir is not None:
+        cfg.train.output_dir = str(output_dir)
+    if device is not None:
+        cfg.train.device = device
+    if seed is not None:
+        cfg.train.seed = int(seed)
+    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    if str(cfg.train.device).startswith("cpu") and cfg.train.amp.enabled:
+        logger.info("AMP is for CUDA: disabled on %s", cfg.train.device)
+        cfg.train.amp.enabled = False
+    return cfg
+
+
+def prepare(cfg) -> None:
+    """Register the config's datasets by path, size the class head from the training json and check
+    the padding against the backbone's size constraint. Runs in every process (catalogs are
+    per-process)."""
+    for split in ("train", "test"):
+        ds = cfg.datasets[split]
+        if ds.get("json"):
+            register_coco_by_path(ds.name, ds.json, ds.images, max_images=ds.get("max_images"))
+    train_json = cfg.datasets.train.get("json")
+    if train_json:
+        n = len(category_names(train_json))
+        if cfg.model.roi_heads.num_classes != n:
+            logger.info("num_classes %d -> %d (categories of %s)", cfg.model.roi_heads.num_classes, n, train_json)
+            cfg.model.roi_heads.num_classes = n
+    _check_padding(cfg)
+    import torch
+
+    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={cfg.train.device!r} but CUDA is not available; "
+                           "pass --device cpu (or train.device=cpu)")
+
+
+def _check_padding(cfg) -> None:
+    """Images are padded to ``square_pad``; it must be a multiple of every stride involved."""
+    bb = cfg.model.backbone
+    square = int(bb.get("square_pad", 0) or 0)
+    if not square:
+        return
+    from .backbone import _default_feature_stride
+
+    net = bb.net
+    patch = _patch_size_of(net.model_name, net.get("model_kwargs"))
+    stride = int(net.get("feature_stride") or _default_feature_stride(patch))
+    top = stride / min(bb.scale_factors) * 2 ** (1 if bb.get("top_block") is not None else 0)
+    need = math.lcm(patch, stride, int(top))
+    if square % need:
+        raise DatasetError(f"model.backbone.square_pad={square} is not a multiple of {need} (patch size "
+                           f"{patch}, pyramid strides up to {int(top)}); use e.g. {math.ceil(square / need) * need}")
+
+
+def _patch_size_of(model_name: str, model_kwargs) -> int:
+    """Patch size from the model's registered defaults, without building it."""
+    if model_kwargs and "patch_size" in model_kwargs:
+        return int(model_kwargs["patch_size"])
+    import timm
+
+    import revtransfer.models  # noqa: F401  (registers ours)
+
+    with __import__("torch").device("meta"):
+        m = timm.create_model(model_name, num_classes=0, **dict(model_kwargs or {}))
+    ps = getattr(m, "patch_size", None) or m.patch_embed.patch_size
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)

@@ -1,0 +1,1 @@
+"""LazyConfig files of the plugin (``LazyConfig.load`` them by path; see ``detection.config``)."""

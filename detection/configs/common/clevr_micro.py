@@ -1,0 +1,95 @@
+"""Frozen ViTDet at CPU scale for clevr_gen's COCO output (80x80 scenes, ViT-Micro/RevViT-Micro).
+
+The ViTDet structure is kept (single-scale frozen backbone, SimpleFeaturePyramid, Mask R-CNN with
+LN conv heads, LSJ-style augmentation, AdamW with warmup and step decay) and scaled down: scenes
+stay at their 80x80 pretraining size, the pyramid is 64 channels wide, RPN/ROI sample
+few boxes, heads are narrow and anchors fit objects of 4-60 pixels.
+
+Micro models have patch size 5: their stride-5 tokens are resampled to stride 4 (see TimmViT), the
+pyramid takes scales (2, 1, 1/2) of that (p1-p3) plus a max-pooled p4.
+"""
+import torch
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.solver import WarmupParamScheduler
+
+from detection.pyramid import MaxPoolTopBlock
+
+from .vitdet_frozen import dataloader, datasets, model, optimizer, train
+
+# clevr_gen's scenes are 80x80, the micro models' pretraining size: detect at that scale (a
+# resolution the frozen backbone knows; 2x would cost 4-10x the CPU time).
+image_size = 80
+width = 64  # pyramid and head channels
+
+# --- model -------------------------------------------------------------------------------------
+model.backbone.net.model_name = "vit_micro"
+model.backbone.out_channels = width
+model.backbone.scale_factors = (2.0, 1.0, 0.5)
+model.backbone.top_block = L(MaxPoolTopBlock)(in_feature="p3")
+model.backbone.square_pad = image_size
+# ViT-Micro/RevViT-Micro were pretrained on images normalised with mean 0.5, std 0.5.
+model.pixel_mean = [127.5, 127.5, 127.5]
+model.pixel_std = [127.5, 127.5, 127.5]
+
+rpn = model.proposal_generator
+rpn.in_features = ["p1", "p2", "p3", "p4"]
+rpn.head.in_channels = width
+rpn.anchor_generator.sizes = [[8], [16], [32], [64]]
+rpn.anchor_generator.strides = [2, 4, 8, 16]
+rpn.batch_size_per_image = 64
+rpn.pre_nms_topk = (600, 300)
+rpn.post_nms_topk = (150, 100)
+
+roi = model.roi_heads
+roi.num_classes = 3  # clevr_gen's default categories (shapes); the launcher sets it from the json
+roi.batch_size_per_image = 32
+for pooler in (roi.box_pooler, roi.mask_pooler):
+    pooler.scales = (1.0 / 2, 1.0 / 4, 1.0 / 8)
+    pooler.canonical_box_size = 32  # a 32-pixel box pools from p2, 16 from p1, 64 from p3
+    pooler.canonical_level = 2
+roi.box_in_features = roi.mask_in_features = ["p1", "p2", "p3"]
+roi.box_head.input_shape = ShapeSpec(channels=width, height=7, width=7)
+roi.box_head.conv_dims = [width] * 4
+roi.box_head.fc_dims = [256]
+roi.box_predictor.input_shape = ShapeSpec(channels=256)
+roi.box_predictor.test_topk_per_image = 50
+roi.mask_head.input_shape = ShapeSpec(channels=width, height=14, width=14)
+roi.mask_head.conv_dims = [width] * 5
+
+# --- data ----------------------------------------------------------------------------------------
+datasets.train.name, datasets.test.name = "clevr_train", "clevr_val"
+dataloader.train.mapper.augmentations = [
+    L(T.RandomFlip)(horizontal=True),
+    L(T.ResizeScale)(min_scale=0.8, max_scale=1.25, target_height=image_size, target_width=image_size),
+    L(T.FixedSizeCrop)(crop_size=(image_size, image_size), pad=False),
+]
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size),
+]
+dataloader.train.mapper.instance_mask_format = "bitmask"  # clevr_gen writes RLE masks, not polygons
+dataloader.train.total_batch_size = 8
+dataloader.train.num_workers = 1
+dataloader.test.num_workers = 1
+
+# --- schedule ------------------------------------------------------------------------------------
+train.device = "cuda" if torch.cuda.is_available() else "cpu"
+train.amp.enabled = train.device == "cuda"
+train.ddp.fp16_compression = False
+train.max_iter = 3000
+train.eval_period = 1000
+train.checkpointer.period = 1000
+train.log_period = 20
+warmup_iters = 50
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(
+        values=[1.0, 0.1, 0.01],
+        milestones=[int(train.max_iter * 0.89), int(train.max_iter * 0.96)],  # ViTDet's proportions
+        num_updates="${train.max_iter}",
+    ),
+    warmup_length=warmup_iters / train.max_iter,
+    warmup_factor=0.001,
+)
+optimizer.lr = 2e-4  # heads from scratch on a small set, batch 8

@@ -1,0 +1,65 @@
+"""Detection rows for the shared results table (``probes.results.ResultsTable``: results.parquet +
+results.csv, locked, atomic upserts), in the columns probes and ``revtransfer report`` use.
+
+A row's key is ``(sweep="detection", cell_id)``, the cell id naming the run directory, the mode and
+the weights evaluated: re-running (or resuming) the same run replaces its row instead of adding one.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from revtransfer.provenance import git_commit, library_versions
+
+SWEEP = "detection"
+# The six summary numbers detectron2 reports per task; per-class APs stay in eval_results.json.
+SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TASK_PREFIX = {"bbox": "box", "segm": "mask"}
+
+
+def versions() -> dict[str, str]:
+    out = library_versions()
+    for name in ("faster-coco-eval", "pycocotools"):
+        try:
+            from importlib.metadata import version
+
+            out[name] = version(name)
+        except Exception:  # not installed: nothing to record
+            pass
+    return out
+
+
+def metrics_columns(metrics: dict) -> dict:
+    """``{"bbox": {"AP": ..}, "segm": {..}}`` -> ``{"box_AP": .., ..., "mask_APl": ..}`` (NaN where COCO
+    cannot compute a number, e.g. no large objects)."""
+    return {f"{prefix}_{m}": float(metrics.get(task, {}).get(m, float("nan")))
+            for task, prefix in TASK_PREFIX.items() for m in SUMMARY_METRICS}
+
+
+def detection_row(info: dict, metrics: dict) -> dict:
+    """One table row from a run's ``run.json`` content and its AP dict."""
+    vers = info.get("versions", {})
+    cell = f"{info['mode']}:{os.path.abspath(info['output_dir'])}" + (f":{info['weights']}" if info.get("weights") else "")
+    return {
+        "sweep": SWEEP, "cell_id": cell, "status": "ok",
+        "arch": info["arch"], "seed": info["seed"], "dataset": info["dataset"],
+        "config": info["config"], "mode": info["mode"], "iterations": info["iterations"],
+        "backbone_checkpoint": info["backbone_checkpoint"], "frozen": info["frozen"],
+        "val_dataset": info["val_dataset"], "batch_size": info["batch_size"],
+        **metrics_columns(metrics),
+        "wall_time_s": info["wall_time_s"], "device": info["device"], "world_size": info["world_size"],
+        "git_commit": info["git_commit"], "torch_version": vers.get("torch"), "timm_version": vers.get("timm"),
+        "detectron2_version": vers.get("detectron2"), "versions": json.dumps(vers, sort_keys=True),
+        "run_dir": info["output_dir"], "finished_at": info["finished_at"],
+    }
+
+
+def append_detection_row(table_dir: str | os.PathLike, info: dict, metrics: dict) -> dict:
+    from probes.results import ResultsTable
+
+    row = detection_row(info, metrics)
+    ResultsTable(table_dir).upsert([row])
+    return row
+
+
+__all__ = ["SWEEP", "append_detection_row", "detection_row", "git_commit", "metrics_columns", "versions"]
