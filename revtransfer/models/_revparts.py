@@ -75,8 +75,31 @@ class TerminationFusion(nn.Module):
         return f"kind={self.kind!r}"
 
 
+def check_global_pool(pool: str, allowed=("avg", "")) -> str:
+    if pool not in allowed:
+        raise ValueError(f"unknown global_pool {pool!r}; choose one of: {', '.join(map(repr, allowed))}")
+    return pool
+
+
 class ReversibleModelMixin:
-    """``backprop`` (the mode of the model's reversible stacks) and ``set_backprop(mode)``."""
+    """What every reversible model shares: ``backprop`` (the mode of its reversible stacks),
+    ``set_backprop(mode)``, and timm's classifier conventions over ``self.head`` (a linear layer on
+    ``head_hidden_size`` features) with the pooling named by ``global_pool`` (one of ``global_pools``)."""
+
+    global_pools: tuple[str, ...] = ("avg", "")
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool, self.global_pools)
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, *args, **kwargs):
+        return self.forward_head(self.forward_features(*args, **kwargs))
 
     @property
     def backprop(self) -> str:

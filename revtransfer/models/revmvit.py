@@ -39,6 +39,7 @@ from ._revparts import (
     StreamFusion,
     TerminationFusion,
     check_fusion,
+    check_global_pool,
     init_weights,
     stage_drop_path_rates,
 )
@@ -143,8 +144,7 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         super().__init__()
         check_fusion(fusion)
         check_fusion(transition_fusion, "transition fusion")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"unknown global_pool {global_pool!r}; choose 'avg' or '' (no pooling)")
+        check_global_pool(global_pool)
         check_mode(backprop)
         num_stages = len(depths)
         if any(d < 1 for d in depths):
@@ -210,18 +210,6 @@ class RevMViT(ReversibleModelMixin, nn.Module):
     def no_weight_decay(self):
         return {n for n, _ in self.named_parameters() if "rel_pos_h" in n or "rel_pos_w" in n}
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"unknown global_pool {global_pool!r}; choose 'avg' or ''")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x):
         """Image (B, 3, H, W) -> fused, normalised tokens (B, N, num_features)."""
         x, _ = self.patch_embed(x)
@@ -234,8 +222,6 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def _cfg(**kwargs):

@@ -36,7 +36,15 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mode
 
 from ._layers import Attention, DropPath
-from ._revparts import MlpSublayer, ReversibleModelMixin, TerminationFusion, check_fusion, init_weights, linspace
+from ._revparts import (
+    MlpSublayer,
+    ReversibleModelMixin,
+    TerminationFusion,
+    check_fusion,
+    check_global_pool,
+    init_weights,
+    linspace,
+)
 
 
 class _MaskSlot:
@@ -101,6 +109,7 @@ class RobertaEmbeddings(nn.Module):
 
 class RevRoberta(ReversibleModelMixin, nn.Module):
     input_kind = "tokens"
+    global_pools = ("token", "avg", "")
 
     def __init__(
         self,
@@ -165,18 +174,6 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
     def no_weight_decay(self):
         return {n for n, p in self.named_parameters() if p.ndim <= 1}  # biases and LayerNorms, as RoBERTa
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"unknown global_pool {global_pool!r}; choose 'token', 'avg' or ''")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
     def _additive_mask(self, attention_mask, dtype):
         if attention_mask is None:
             return None
@@ -209,8 +206,6 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
             return x
         return self.head(self.head_drop(x))
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
 
 
 def _cfg(**kwargs):

@@ -32,6 +32,7 @@ from ._revparts import (
     StreamFusion,
     TerminationFusion,
     check_fusion,
+    check_global_pool,
     init_weights,
     stage_drop_path_rates,
 )
@@ -155,8 +156,7 @@ class RevSwin(ReversibleModelMixin, nn.Module):
         super().__init__()
         check_fusion(fusion)
         check_fusion(transition_fusion, "transition fusion")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"unknown global_pool {global_pool!r}; choose 'avg' or '' (no pooling)")
+        check_global_pool(global_pool)
         if len(num_heads) != len(depths):
             raise ValueError(f"num_heads {num_heads} and depths {depths} need one entry per stage")
         if any(d < 1 for d in depths):
@@ -208,18 +208,6 @@ class RevSwin(ReversibleModelMixin, nn.Module):
     def no_weight_decay(self):
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"unknown global_pool {global_pool!r}; choose 'avg' or ''")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x):
         """Image (B, 3, H, W) -> fused, normalised tokens (B, H', W', num_features)."""
         x = self.patch_embed(x)
@@ -232,8 +220,6 @@ class RevSwin(ReversibleModelMixin, nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def _cfg(**kwargs):

@@ -14,11 +14,10 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mode, set_backprop_mode
+from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mode
 
-from ._layers import Attention, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
-
-FUSIONS = ("concat", "avg")
+from ._layers import Attention, DropPath, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from ._revparts import MlpSublayer, ReversibleModelMixin, check_fusion, check_global_pool, init_weights, linspace
 
 
 class AttentionSublayer(nn.Module):
@@ -34,19 +33,6 @@ class AttentionSublayer(nn.Module):
         return self.drop_path(self.attn(self.norm(x)))
 
 
-class MlpSublayer(nn.Module):
-    """G: LayerNorm -> MLP -> drop path."""
-
-    def __init__(self, dim, mlp_ratio=4.0, proj_drop=0.0, drop_path=0.0, norm_layer=nn.LayerNorm, act_layer=nn.GELU):
-        super().__init__()
-        self.norm = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x):
-        return self.drop_path(self.mlp(self.norm(x)))
-
-
 class RevViTBlock(ReversibleCoupling):
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, drop_path=0.0,
                  norm_layer=nn.LayerNorm, act_layer=nn.GELU):
@@ -56,7 +42,7 @@ class RevViTBlock(ReversibleCoupling):
         )
 
 
-class RevViT(nn.Module):
+class RevViT(ReversibleModelMixin, nn.Module):
     def __init__(
         self,
         img_size=224,
@@ -81,10 +67,8 @@ class RevViT(nn.Module):
         act_layer=None,
     ):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of: {', '.join(FUSIONS)}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"unknown global_pool {global_pool!r}; choose 'avg' or '' (no pooling)")
+        check_fusion(fusion)
+        check_global_pool(global_pool)
         check_mode(backprop)
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         act_layer = act_layer or nn.GELU
@@ -103,7 +87,7 @@ class RevViT(nn.Module):
         self.patch_size = patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
+        dpr = linspace(0.0, drop_path_rate, depth)  # stochastic depth rising over the blocks
         self.blocks = ReversibleStack(
             [RevViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop_rate, proj_drop_rate, dpr[i], norm_layer, act_layer)
              for i in range(depth)],
@@ -113,30 +97,12 @@ class RevViT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(_init_weights)
-
-    # --- reversible backward -----------------------------------------------------------------------
-    @property
-    def backprop(self) -> str:
-        return self.blocks.mode
-
-    def set_backprop(self, mode: str) -> None:
-        set_backprop_mode(self, mode)
+        self.apply(init_weights)
 
     # --- timm conventions --------------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self):
         return {"pos_embed"}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _pos_embed(self, x):
         if self.dynamic_img_size:  # NHWC from the patch embed: resample the position grid if needed
@@ -162,19 +128,6 @@ class RevViT(nn.Module):
             x = x.mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: RevViT) -> dict:

@@ -1,0 +1,134 @@
+"""`revtransfer demo` (what `make demo` runs): the whole study in miniature on a CPU.
+
+Generate the demo datasets (three correlations + transfer), pretrain vit_micro and revvit_micro
+(pareprop) and probe them (the `demo` sweep preset), train and evaluate a tiny frozen ViTDet on
+clevr_gen's COCO output, benchmark the backward modes briefly, and write the report. Every step
+uses the code paths of a full run at a smaller size, and every step resumes: re-running skips
+what is already done.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+# The bench step: the demo sweep's model at the demo's image size.
+BENCH_KWARGS = {"img_size": 48, "patch_size": 6, "embed_dim": 64, "depth": 2, "num_heads": 4}
+BENCH_BATCH_SIZES = [16, 64]
+DETECT_IMAGES = 200
+
+
+def _step(title: str):
+    click.secho(f"\n==> {title}", fg="cyan", bold=True, err=True)
+    return time.perf_counter()
+
+
+def run_demo(workdir: Path, reports: Path, progress: bool = True, detection: bool = True) -> Path:
+    from probes.sweep import SweepSpec, run_sweep
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    spec = SweepSpec.load("demo", workdir)
+
+    t = _step("1/4 datasets, pretraining and linear probes (revtransfer sweep demo)")
+    sweep = run_sweep(spec, progress=progress)
+    click.echo(f"sweep: {sweep.summary()}", err=True)
+    timings["sweep"] = time.perf_counter() - t
+
+    if detection:
+        t = _step("2/4 frozen-backbone ViTDet on clevr_gen's COCO output (revtransfer detect train --demo)")
+        _detection(spec, progress)
+        timings["detection"] = time.perf_counter() - t
+
+    t = _step("3/4 backprop / reprop / pareprop throughput and memory (revtransfer bench)")
+    bench_json = spec.out / "bench.json"
+    if not bench_json.exists():
+        _bench(bench_json)
+    timings["bench"] = time.perf_counter() - t
+
+    t = _step("4/4 report (revtransfer report)")
+    from revtransfer.report.build import build_report
+
+    index = build_report(reports, results=[spec.out], bench=[bench_json], datasets=[spec.transfer.path.parent],
+                         title="revtransfer demo report",
+                         command=["revtransfer", "demo", "--workdir", str(workdir), "--out", str(reports)])
+    timings["report"] = time.perf_counter() - t
+    _summary(spec, index, timings, sweep)
+    return index
+
+
+def _detection(spec, progress: bool) -> None:
+    """Each arch's demo backbone (pretrained at corr 0.8 on the full pretrain set), frozen under a
+    tiny ViTDet trained on a clevr_gen COCO set; one results row each."""
+    from clevr_gen import DatasetSpec, generate
+    from detection.launcher import RunArgs, main as detect_main
+    from probes.results import ResultsTable
+
+    data = spec.transfer.path.parent / "detect-coco"
+    generate(DatasetSpec(n=DETECT_IMAGES, p_x=0.5, p_y=0.5, corr=0.0, width=80, height=80, coco=True, seed=11),
+             data, workers=spec.gen_workers, progress=progress)
+    kwargs = "{" + ",".join(f"{k}:{v}" for k, v in spec.model_kwargs.items()) + ",img_size:48}"
+    for arch in spec.archs:
+        cell = next(c for c in spec.cells()
+                    if c.arch == arch and c.corr == max(spec.corrs) and c.fraction == 1.0 and c.seed == spec.seeds[0])
+        out = spec.out / "detect" / arch
+        done = ResultsTable(spec.out).read()
+        if "run_dir" in done and (done["run_dir"] == str(out)).any():
+            click.echo(f"detection {arch}: done before ({out})", err=True)
+            continue
+        metrics = detect_main(RunArgs(
+            config=f"clevr_mask_rcnn_{arch}_frozen", backbone_checkpoint=str(spec.run_dir(cell) / "checkpoint_best.pt"),
+            train_json=str(data / "coco.json"), train_images=str(data), val_json=str(data / "coco.json"),
+            val_images=str(data), output_dir=str(out), demo=True, results_dir=str(spec.out),
+            overrides=[f"model.backbone.net.model_kwargs={kwargs}"]))
+        click.echo(f"detection {arch}: {metrics}", err=True)
+
+
+def _bench(out: Path) -> None:
+    import torch
+
+    from revtransfer.bench.throughput import format_table, run_benchmark
+    from revtransfer.provenance import atomic_write_json, provenance
+
+    records = run_benchmark("revvit_micro", ["backprop", "reprop", "pareprop"], BENCH_BATCH_SIZES, steps=5, warmup=2,
+                            device="cpu", model_kwargs=BENCH_KWARGS)
+    click.echo(format_table(records), err=True)
+    cmd = ["revtransfer", "bench", "--model", "revvit_micro", "--batch-sizes", ",".join(map(str, BENCH_BATCH_SIZES)),
+           "--steps", "5", "--warmup", "2", "--device", "cpu"] + sum((["--model-kw", f"{k}={v}"] for k, v in BENCH_KWARGS.items()), [])
+    meta = dict(provenance(cmd), torch_threads=torch.get_num_threads(), steps=5, warmup=2)
+    atomic_write_json(out, {"meta": meta, "records": [dict(r.to_dict(), torch=torch.__version__,
+                                                           git_commit=meta["git_commit"]) for r in records]})
+
+
+def _summary(spec, index: Path, timings: dict, sweep) -> None:
+    from revtransfer.report.tables import improvement_table, probe_table
+    from probes.results import ResultsTable
+
+    res = ResultsTable(spec.out).read()
+    click.secho("\n==> done", fg="green", bold=True, err=True)
+    probe = probe_table(res[res["sweep"] == spec.name]) if len(res) else None
+    if probe is not None and len(probe):
+        click.echo("probe accuracy for Y (frozen features), by pretrain Corr(X,Y) and fraction:", err=True)
+        for r in probe.itertuples():
+            click.echo(f"  corr {r.corr:>5g}  fraction {r.fraction:.2f}  {r.arch:<13} {100 * r.acc_mean:5.1f}%", err=True)
+        imp = improvement_table(res[res["sweep"] == spec.name])
+        if len(imp):
+            click.echo(f"  mean RevViT - ViT: {100 * imp['improvement'].mean():+.1f} points (demo scale: "
+                       "a smoke test of the pipeline, not the study's result)", err=True)
+    if sweep.failed:
+        click.secho(f"{len(sweep.failed)} cell(s) failed: see {spec.out}/results.csv", fg="red", err=True)
+    click.echo("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()), err=True)
+    click.echo(f"\nreport: {index}")
+
+
+@click.command()
+@click.option("--workdir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where data/demo and runs/demo go.")
+@click.option("--out", default="reports/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Report directory.")
+@click.option("--detection/--no-detection", default=True, show_default=True, help="Include the ViTDet step.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def demo(workdir, out, detection, progress):
+    """The study in miniature on a CPU: datasets, pretraining, probes, ViTDet, bench, report."""
+    run_demo(Path(workdir), Path(out), progress=progress, detection=detection)
