@@ -28,7 +28,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-from revtransfer.provenance import atomic_write_json
+from revtransfer.atomic import atomic_write_json
 
 from . import results as results_table
 from .config import build_config, prepare

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from revtransfer.train.atomic import atomic_write
+from revtransfer.atomic import atomic_write
 from revtransfer.train.data import BatchLoader, ClevrArrays, Normalize
 
 

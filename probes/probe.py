@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from revtransfer.train.atomic import atomic_write_json
+from revtransfer.atomic import atomic_write_json
 from revtransfer.train.checkpoint import BEST, LAST, CheckpointError, load_checkpoint
 from revtransfer.train.config import PretrainConfig
 from revtransfer.train.data import Normalize, holdout_split, open_dataset

@@ -10,7 +10,7 @@ from typing import Iterable
 
 from filelock import FileLock
 
-from revtransfer.train.atomic import atomic_write
+from revtransfer.atomic import atomic_write
 
 LOCK_NAME = "results.lock"
 # The identifying key of a row, and the columns in the order a reader wants them.

@@ -40,7 +40,7 @@ from typing import Callable
 import yaml
 from filelock import FileLock, Timeout
 
-from revtransfer.train.atomic import atomic_write_text
+from revtransfer.atomic import atomic_write_text
 from revtransfer.train.config import PretrainConfig
 
 from revtransfer.train.data import open_dataset

@@ -89,7 +89,8 @@ def _bench(out: Path) -> None:
     import torch
 
     from revtransfer.bench.throughput import format_table, run_benchmark
-    from revtransfer.provenance import atomic_write_json, provenance
+    from revtransfer.atomic import atomic_write_json
+    from revtransfer.provenance import provenance
 
     records = run_benchmark("revvit_micro", ["backprop", "reprop", "pareprop"], BENCH_BATCH_SIZES, steps=5, warmup=2,
                             device="cpu", model_kwargs=BENCH_KWARGS)

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 _PACKAGES = ("torch", "torchvision", "timm", "numpy", "pillow", "detectron2", "scikit-learn", "revtransfer")
@@ -73,21 +71,3 @@ def provenance(command: list[str] | None = None) -> dict:
         "machine": machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -10,7 +10,7 @@ import pytest
 from study_fixtures import write_dataset
 from probes.results import ResultsTable
 from probes.sweep import SweepError, SweepSpec, run_sweep
-from revtransfer.train.atomic import atomic_write_text
+from revtransfer.atomic import atomic_write_text
 
 
 def _spec(tmp_path, **over) -> SweepSpec:
@@ -121,7 +121,7 @@ def test_a_crash_mid_write_leaves_the_previous_file(tmp_path):
         tmp.write_text("half a ta")
         raise OSError("disk full")
 
-    from revtransfer.train.atomic import atomic_write
+    from revtransfer.atomic import atomic_write
 
     with pytest.raises(OSError):
         atomic_write(path, crash)

@@ -45,7 +45,8 @@ def bench(model_name, modes, batch_sizes, steps, warmup, device, amp, reference,
     import torch
 
     from revtransfer.bench.throughput import format_table, run_benchmark
-    from revtransfer.provenance import atomic_write_json, provenance, resolved_command
+    from revtransfer.atomic import atomic_write_json
+    from revtransfer.provenance import provenance, resolved_command
     from revtransfer.reversible import check_mode
 
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -86,7 +87,8 @@ def bench_reconstruction(model_name, depths, dtype, device, model_kw, out):
     import torch
 
     from revtransfer.bench.reconstruction import reconstruction_errors
-    from revtransfer.provenance import atomic_write_json, provenance, resolved_command
+    from revtransfer.atomic import atomic_write_json
+    from revtransfer.provenance import provenance, resolved_command
 
     records = reconstruction_errors(model_name, _ints(depths), dtype=getattr(torch, dtype), device=device,
                                     model_kwargs=_kwargs(model_kw))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from revtransfer.provenance import atomic_write_text, provenance
+from revtransfer.atomic import atomic_write_text
+from revtransfer.provenance import provenance
 
 from . import plots, tables
 from .render import write_table

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from revtransfer.provenance import atomic_write_text
+from revtransfer.atomic import atomic_write_text
 
 
 def _fmt(v) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from revtransfer.atomic import atomic_write
 
 FORMAT_VERSION = 1
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"

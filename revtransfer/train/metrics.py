@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text
+from revtransfer.atomic import atomic_write_text
 
 
 class MetricsLog:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from revtransfer.models import create_model, is_reversible
 
 from . import distributed as D
-from .atomic import atomic_write_json, atomic_write_yaml
+from revtransfer.atomic import atomic_write_json, atomic_write_yaml
 from .checkpoint import BEST, LAST, CheckpointError, capture_rng_state, load_training_checkpoint, \
     restore_rng_state, save_checkpoint
 from .config import PretrainConfig

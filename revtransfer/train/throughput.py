@@ -28,7 +28,7 @@ from revtransfer.models import is_reversible
 from revtransfer.provenance import git_commit, machine
 from revtransfer.reversible import BACKPROP_MODES
 
-from .atomic import atomic_write_json
+from revtransfer.atomic import atomic_write_json
 from .config import PretrainConfig
 from .data import BatchLoader, Normalize, subset_fraction, holdout_split, open_dataset
 from .metrics import peak_memory_mb, reset_peak_memory
