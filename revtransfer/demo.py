@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 
 # The bench step: the demo sweep's model at the demo's image size.
-BENCH_KWARGS = {"img_size": 48, "patch_size": 6, "embed_dim": 64, "depth": 2, "num_heads": 4}
-BENCH_BATCH_SIZES = [16, 64]
+BENCH_KWARGS = {"img_size": 48, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}
+BENCH_BATCH_SIZES = [16, 32, 64]
+BENCH_STEPS, BENCH_WARMUP = 10, 3
 DETECT_IMAGES = 200
 
 
@@ -92,12 +93,12 @@ def _bench(out: Path) -> None:
     from revtransfer.atomic import atomic_write_json
     from revtransfer.provenance import provenance
 
-    records = run_benchmark("revvit_micro", ["backprop", "reprop", "pareprop"], BENCH_BATCH_SIZES, steps=5, warmup=2,
-                            device="cpu", model_kwargs=BENCH_KWARGS)
+    records = run_benchmark("revvit_micro", ["backprop", "reprop", "pareprop"], BENCH_BATCH_SIZES, steps=BENCH_STEPS,
+                            warmup=BENCH_WARMUP, device="cpu", model_kwargs=BENCH_KWARGS)
     click.echo(format_table(records), err=True)
     cmd = ["revtransfer", "bench", "--model", "revvit_micro", "--batch-sizes", ",".join(map(str, BENCH_BATCH_SIZES)),
-           "--steps", "5", "--warmup", "2", "--device", "cpu"] + sum((["--model-kw", f"{k}={v}"] for k, v in BENCH_KWARGS.items()), [])
-    meta = dict(provenance(cmd), torch_threads=torch.get_num_threads(), steps=5, warmup=2)
+           "--steps", str(BENCH_STEPS), "--warmup", str(BENCH_WARMUP), "--device", "cpu"] + sum((["--model-kw", f"{k}={v}"] for k, v in BENCH_KWARGS.items()), [])
+    meta = dict(provenance(cmd), torch_threads=torch.get_num_threads(), steps=BENCH_STEPS, warmup=BENCH_WARMUP)
     atomic_write_json(out, {"meta": meta, "records": [dict(r.to_dict(), torch=torch.__version__,
                                                            git_commit=meta["git_commit"]) for r in records]})
 

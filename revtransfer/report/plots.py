@@ -67,18 +67,20 @@ def bench_curves(bench: pd.DataFrame, path: Path, metric: str) -> Path:
     """Throughput (or activation memory) vs batch size per backward mode, one panel per model."""
     ok = bench[bench["status"] == "ok"]
     groups = list(ok.groupby(["source", "device_name"]))
+    total = ok["activation_bytes_per_sample"] * ok["batch_size"]
+    unit, scale = ("GiB", 2 ** 30) if total.max() >= 2 ** 30 else ("MiB", 2 ** 20)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), squeeze=False)
     for ax, ((source, device), g) in zip(axes[0], groups):
         for (model, mode), gm in g.groupby(["model", "mode"]):
             gm = gm.sort_values("batch_size")
-            y = gm["samples_per_s"] if metric == "throughput" else gm["activation_bytes_per_sample"] * gm["batch_size"] / 2 ** 30
+            y = gm["samples_per_s"] if metric == "throughput" else gm["activation_bytes_per_sample"] * gm["batch_size"] / scale
             ax.plot(gm["batch_size"], y, label=f"{model} {mode}" if mode != "vanilla" else f"{model}", **_MODE_STYLE.get(mode, {}))
         ax.set_xscale("log", base=2)
         sizes = sorted(g["batch_size"].unique())
         ax.set_xticks(sizes, [str(b) for b in sizes])
         ax.minorticks_off()
         ax.set_xlabel("batch size")
-        ax.set_ylabel("training throughput (samples/s)" if metric == "throughput" else "activation memory (GiB)")
+        ax.set_ylabel("training throughput (samples/s)" if metric == "throughput" else f"activation memory ({unit})")
         ax.set_title(f"{source} ({device})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
