@@ -14,12 +14,21 @@ from . import plots, tables
 from .render import write_table
 
 
+def _shown_path(p) -> str:
+    """Paths as a reader of the report can follow them: relative to the working directory when inside it."""
+    p = Path(str(p))
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def _read_results(dirs) -> pd.DataFrame:
     frames = []
     for d in map(Path, dirs):
         parquet = d if d.suffix == ".parquet" else d / "results.parquet"
         if parquet.exists():
-            frames.append(pd.read_parquet(parquet).assign(results_file=str(parquet)))
+            frames.append(pd.read_parquet(parquet).assign(results_file=_shown_path(parquet)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -82,6 +91,8 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
 
     det = tables.detection_table(res)
     if not det.empty:
+        if "dataset" in det:
+            det = det.assign(dataset=det["dataset"].map(_shown_path))
         md = write_table(det, out, "detection", "Frozen-backbone ViTDet: box and mask AP")
         sections += ["## Detection: frozen-backbone ViTDet\n", "([csv](detection.csv), [tex](detection.tex))\n", md,
                      _provenance_lines(res[res.get("box_AP").notna()] if "box_AP" in res else res)]
