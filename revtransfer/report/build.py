@@ -97,7 +97,7 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
         sections += ["## Detection: frozen-backbone ViTDet\n", "([csv](detection.csv), [tex](detection.tex))\n", md,
                      _provenance_lines(res[res.get("box_AP").notna()] if "box_AP" in res else res)]
 
-    bench_df, bench_meta = tables.load_bench(bench) if bench else (pd.DataFrame(), [])
+    bench_df, recon_df, bench_meta = tables.load_bench(bench) if bench else (pd.DataFrame(), pd.DataFrame(), [])
     if not bench_df.empty:
         bt = tables.bench_table(bench_df)
         md = write_table(bt, out, "bench", "Training throughput and activation memory per backward mode")
@@ -110,10 +110,18 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
             sections += ["Ratios (PaReprop over Reprop at equal batch size; best over the non-reversible "
                          "reference's best; reference activation memory per sample over each mode's):\n",
                          write_table(summary, out, "bench_summary")]
-        sections += [md, "".join(f"- `{m.get('command')}` ({m.get('date')}, commit {m.get('git_commit')}, "
-                                 f"{m.get('machine', {}).get('gpu') or 'CPU'}, torch {m.get('versions', {}).get('torch')})\n"
-                                 for m in bench_meta)]
+        sections.append(md)
 
+    if not recon_df.empty:
+        cols = [c for c in ("model", "depth", "dtype", "max_rel_error", "device_name") if c in recon_df]
+        md = write_table(recon_df[cols], out, "reconstruction",
+                         "Input-reconstruction error of a reversible stack vs depth (random init)")
+        sections += ["## Reconstruction error vs depth\n", "max |x - inverse(forward(x))| / max |x| over the "
+                     "stack's inputs: what reprop/pareprop recompute from (`revtransfer bench-reconstruction`).\n", md]
+    if bench_meta:
+        sections += ["### Benchmark commands\n", "".join(f"- `{m.get('command')}` ({m.get('date')}, commit {m.get('git_commit')}, "
+                                               f"{m.get('machine', {}).get('gpu') or 'CPU'}, torch "
+                                               f"{m.get('versions', {}).get('torch')})\n" for m in bench_meta)]
     if len(sections) == 2:
         sections.append("No inputs found: pass --results, --bench and/or --datasets.\n")
     atomic_write_text(out / "README.md", "\n".join(sections))

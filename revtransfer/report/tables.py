@@ -105,16 +105,18 @@ def detection_table(results: pd.DataFrame) -> pd.DataFrame:
     return rows[keep].reset_index(drop=True)
 
 
-def load_bench(paths) -> tuple[pd.DataFrame, list[dict]]:
-    """All bench records (one row per model x mode x batch size) and each file's provenance."""
-    records, metas = [], []
+def load_bench(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """Throughput records (one row per model x mode x batch size), reconstruction-error records
+    (one per model x depth) and each file's provenance."""
+    records, recon, metas = [], [], []
     for p in map(Path, paths):
         data = json.loads(p.read_text())
         meta = dict(data.get("meta", {}), file=str(p))
         metas.append(meta)
         for r in data.get("records", []):
-            records.append(dict(r, source=p.name, device_name=meta.get("machine", {}).get("gpu") or "cpu"))
-    return pd.DataFrame(records), metas
+            row = dict(r, source=p.name, device_name=meta.get("machine", {}).get("gpu") or "cpu")
+            (recon if "max_rel_error" in r else records).append(row)
+    return pd.DataFrame(records), pd.DataFrame(recon), metas
 
 
 def bench_table(bench: pd.DataFrame) -> pd.DataFrame:
