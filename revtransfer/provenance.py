@@ -14,17 +14,19 @@ _PACKAGES = ("torch", "torchvision", "timm", "numpy", "pillow", "detectron2", "s
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
-    """HEAD of the checkout this code runs from (None outside a git checkout); '+dirty' if modified."""
+    """HEAD of the checkout this code runs from, '+dirty' if modified; outside a git checkout (e.g. a
+    copied tree on a GPU machine) the value of $REVTRANSFER_GIT_COMMIT, else None."""
     cwd = cwd or Path(__file__).resolve().parent
+    fallback = os.environ.get("REVTRANSFER_GIT_COMMIT")
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
-            return None
+            return fallback
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return fallback
 
 
 def library_versions() -> dict[str, str]:

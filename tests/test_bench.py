@@ -44,3 +44,12 @@ def test_reconstruction_error_small_in_float32_and_tiny_in_float64():
     f64 = reconstruction_errors("revvit_micro", [16], dtype=torch.float64, model_kwargs=kw)
     assert all(r["max_rel_error"] < 1e-5 for r in f32)
     assert f64[0]["max_rel_error"] < 1e-13 < f32[1]["max_rel_error"]
+
+
+def test_gpu_plan_gradient_check_runs_the_device_independent_part():
+    from revtransfer.bench.gpu_plan import PLAN, gradient_check
+
+    errs = gradient_check("cpu")
+    assert len(errs) == 8 and max(errs.values()) <= 1e-10
+    assert {m for jobs in PLAN.values() for _, m, _, _ in jobs} >= {"revvit_base", "revswin_tiny", "revmvit_tiny",
+                                                                   "revroberta_base"}
