@@ -70,3 +70,18 @@ def saved_bytes_of_step(model: nn.Module, x: torch.Tensor) -> int:
         out = model(x.requires_grad_(False))
     out.float().sum().backward()
     return total[0]
+
+
+def assert_saved_bytes_flat_in_stage_depth(build, x: torch.Tensor, stage: int, n_stages: int = 2) -> None:
+    """Deepening one stage (2 -> 6 blocks) leaves reprop/pareprop's saved bytes flat (<= 1.1x) and
+    below backprop's, while backprop's grow. ``build(depths, mode)`` returns the model in train mode."""
+    def saved(depth, mode):
+        depths = tuple(depth if s == stage else 2 for s in range(n_stages))
+        return saved_bytes_of_step(build(depths, mode), x)
+
+    modes = ("backprop", "reprop", "pareprop")
+    b = {(d, mode): saved(d, mode) for d in (2, 6) for mode in modes}
+    for mode in ("reprop", "pareprop"):
+        assert b[6, mode] <= 1.1 * b[2, mode], (mode, b)
+        assert b[2, mode] < b[2, "backprop"], (mode, b)
+    assert b[6, "backprop"] > 1.5 * b[2, "backprop"], b
