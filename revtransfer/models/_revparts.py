@@ -98,6 +98,13 @@ class ReversibleModelMixin:
             self.global_pool = check_global_pool(global_pool, self.global_pools)
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
+    def forward_head(self, x, pre_logits: bool = False):
+        """Tokens (B, ..., C) -> mean over every token axis ("avg") -> head."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=tuple(range(1, x.ndim - 1)))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
     def forward(self, *args, **kwargs):
         return self.forward_head(self.forward_features(*args, **kwargs))
 

@@ -216,13 +216,6 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         x1, x2 = self.layers(x, x)
         return self.fuse(x1, x2)
 
-    def forward_head(self, x, pre_logits: bool = False):
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-
 
 def _cfg(**kwargs):
     return {

@@ -123,12 +123,6 @@ class RevViT(ReversibleModelMixin, nn.Module):
         x1, x2 = self.blocks(x, x)
         return self.fuse(x1, x2)
 
-    def forward_head(self, x, pre_logits: bool = False):
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
 
 def checkpoint_filter_fn(state_dict: dict, model: RevViT) -> dict:
     """Adapt a RevViT state dict to ``model``: unwrap trainer/DDP containers and resample the
