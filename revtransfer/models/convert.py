@@ -20,7 +20,8 @@ from torch import nn
 
 from ._layers import resample_abs_pos_embed
 
-_CONTAINER_KEYS = ("model_state", "model", "state_dict", "model_ema")
+# Trainer containers, outermost first; "model" before "model_ema" so the raw weights win.
+_CONTAINER_KEYS = ("model_state", "model", "state_dict", "model_ema", "module")
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -28,11 +29,13 @@ class IncompatibleCheckpointError(ValueError):
 
 
 def unwrap_state_dict(state_dict: dict) -> dict:
-    """Strip trainer containers ({"model_state": ...}, {"model": ...}) and DDP ``module.`` prefixes."""
-    for key in _CONTAINER_KEYS:
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
+    """Strip (nested) trainer containers ({"model_state": ...}, {"model": ...}) and DDP's
+    ``module.`` prefixes; keep only tensors."""
+    while True:
+        inner = next((state_dict[k] for k in _CONTAINER_KEYS if isinstance(state_dict.get(k), dict)), None)
+        if inner is None:
             break
+        state_dict = inner
     return {k.removeprefix("module."): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
 
 
@@ -50,6 +53,16 @@ def _pos_embed_for(v: torch.Tensor, model: nn.Module, n_prefix: int, key: str = 
     if v.shape[1] != target[0] * target[1]:
         v = resample_abs_pos_embed(v, new_size=target, old_size=_grid_of(v.shape[1], key), num_prefix_tokens=0)
     return v
+
+
+def own_to_model(state_dict: dict, model: nn.Module) -> dict:
+    """Our own checkpoints (any registered family): unwrap, and resample the position embedding
+    when the model's patch grid differs (another image size)."""
+    state_dict = unwrap_state_dict(state_dict)
+    own_pos = getattr(model, "pos_embed", None)
+    if "pos_embed" in state_dict and isinstance(own_pos, torch.Tensor) and state_dict["pos_embed"].shape != own_pos.shape:
+        state_dict["pos_embed"] = _pos_embed_for(state_dict["pos_embed"], model, n_prefix=0)
+    return state_dict
 
 
 def timm_vit_to_vit(state_dict: dict, model: nn.Module) -> dict:
@@ -126,31 +139,38 @@ def slowfast_revvit_to_revvit(state_dict: dict, model: nn.Module) -> dict:
     return out
 
 
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The classifier's key prefixes, from the model's timm ``pretrained_cfg`` ("head" by default)."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return tuple(n + "." for n in names)
+
+
 def check_compatible(state_dict: dict, model: nn.Module, *, drop_mismatched_head: bool = True,
                      source: str = "checkpoint") -> tuple[dict, list[str], list[str]]:
     """Compare a (filtered) state dict with ``model``. Returns ``(state_dict, missing, dropped)``.
 
-    A classifier whose shape differs (e.g. 1000 ImageNet classes vs our 2) is dropped when
-    ``drop_mismatched_head`` (the usual transfer case); any other shape mismatch or unexpected key
-    raises :class:`IncompatibleCheckpointError` naming the key and both shapes.
+    With ``drop_mismatched_head`` a classifier the model does not have (a headless backbone) or has
+    at another shape (1000 ImageNet classes vs our 2: the usual transfer case) is dropped, and a
+    missing one is left at its initial values. Any other unexpected key, missing key or shape
+    mismatch raises :class:`IncompatibleCheckpointError` naming the key and both shapes.
     """
     target = model.state_dict()
-    head_prefixes = ("head.",)
+    heads = classifier_prefixes(model) if drop_mismatched_head else ()
     dropped, problems = [], []
     out = {}
     for k, v in state_dict.items():
-        if k not in target:
-            problems.append(f"unexpected key {k!r} (shape {tuple(v.shape)}) not in the model")
-        elif tuple(v.shape) != tuple(target[k].shape):
-            if drop_mismatched_head and k.startswith(head_prefixes):
-                dropped.append(k)
-            else:
-                problems.append(f"key {k!r}: shape {tuple(v.shape)} in the {source} vs "
-                                f"{tuple(target[k].shape)} in the model")
-        else:
+        if k in target and tuple(v.shape) == tuple(target[k].shape):
             out[k] = v
+        elif k.startswith(heads):
+            dropped.append(k)
+        elif k not in target:
+            problems.append(f"unexpected key {k!r} (shape {tuple(v.shape)}) not in the model")
+        else:
+            problems.append(f"key {k!r}: shape {tuple(v.shape)} in the {source} vs "
+                            f"{tuple(target[k].shape)} in the model")
     missing = [k for k in target if k not in out]  # left at their initial values
-    missing_body = [k for k in missing if not k.startswith(head_prefixes)]
+    missing_body = [k for k in missing if not k.startswith(heads)]
     if missing_body:
         problems.append(f"missing keys {missing_body[:8]}{' ...' if len(missing_body) > 8 else ''}")
     if problems:

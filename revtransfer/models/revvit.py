@@ -18,6 +18,7 @@ from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mo
 
 from ._layers import Attention, DropPath, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from ._revparts import MlpSublayer, ReversibleModelMixin, check_fusion, check_global_pool, init_weights, linspace
+from .convert import own_to_model
 
 
 class AttentionSublayer(nn.Module):
@@ -127,16 +128,7 @@ class RevViT(ReversibleModelMixin, nn.Module):
 def checkpoint_filter_fn(state_dict: dict, model: RevViT) -> dict:
     """Adapt a RevViT state dict to ``model``: unwrap trainer/DDP containers and resample the
     position embedding to the model's patch grid."""
-    for key in ("model", "state_dict", "model_state"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    out = {}
-    for k, v in state_dict.items():
-        k = k.removeprefix("module.")
-        if k == "pos_embed" and v.shape != model.pos_embed.shape:
-            v = resample_abs_pos_embed(v, new_size=model.patch_embed.grid_size, num_prefix_tokens=0)
-        out[k] = v
-    return out
+    return own_to_model(state_dict, model)
 
 
 def _cfg(**kwargs):

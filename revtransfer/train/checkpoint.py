@@ -15,13 +15,10 @@ import numpy as np
 import torch
 
 from revtransfer.atomic import atomic_write
+from revtransfer.models.weights import CheckpointError, read_checkpoint_file
 
 FORMAT_VERSION = 1
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or not what was expected; the message names the path."""
 
 
 # --- RNG state -----------------------------------------------------------------------------------------
@@ -60,15 +57,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, with errors that name the file."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; give the .pt file (e.g. {path / LAST})")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on torn files
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be loaded "
-                              f"({type(e).__name__}: {e}); delete it to restart the run") from e
+    state = read_checkpoint_file(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     return state

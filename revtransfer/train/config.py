@@ -38,7 +38,7 @@ class PretrainConfig:
     precision: str = "fp32"            # fp32 | bf16 (autocast, CUDA) | fp64 (exactness tests)
     device: str = "auto"
     init_checkpoint: str | None = None  # foreign or own checkpoint to start from
-    init_format: str = "auto"           # see revtransfer.train.foreign.FORMATS
+    init_format: str = "auto"           # see revtransfer.models.weights.FORMATS
     prefetch: int = 2                   # batches read ahead by a background thread
     eval_batch_size: int | None = None  # default: 2 x batch_size
 

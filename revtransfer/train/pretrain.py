@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from revtransfer.models import create_model, is_reversible
+from revtransfer.models.weights import load_weights
 
 from . import distributed as D
 from revtransfer.atomic import atomic_write_json, atomic_write_yaml
@@ -28,7 +29,6 @@ from .checkpoint import BEST, LAST, CheckpointError, capture_rng_state, load_tra
     restore_rng_state, save_checkpoint
 from .config import PretrainConfig
 from .data import BatchLoader, ClevrArrays, Normalize, subset_fraction, holdout_split, open_dataset
-from .foreign import load_pretrained
 from .metrics import MetricsLog, peak_memory_mb, reset_peak_memory
 from revtransfer.provenance import provenance
 from .step import TrainStep, autocast_for, make_optimizer, make_scheduler
@@ -138,7 +138,7 @@ class Pretrainer:
         torch.manual_seed(cfg.seed)  # model init: identical on every rank
         model = build_model(cfg, self.data.image_size)
         if cfg.init_checkpoint:
-            report = load_pretrained(model, cfg.init_checkpoint, cfg.init_format)
+            report = load_weights(model, cfg.init_checkpoint, cfg.init_format)
             log.info("initialised from %s (%s); new: %s", report.path, report.format, report.missing)
         self.model = model.to(device=self.device, dtype=DTYPES[cfg.precision])
         self.backprop = effective_backprop(cfg, model)

@@ -1,5 +1,6 @@
-"""Foreign checkpoints: timm ViT and PySlowFast RevViT state dicts load by key mapping; mismatches
-name the key; broken files name the path."""
+"""Weight files into models (pretraining's --init; the detection backbone goes through the same
+path, tests/test_detection_checkpoint.py): timm ViT and PySlowFast RevViT state dicts load by key
+mapping; mismatches name the key; broken files name the path."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from revtransfer.models import create_model
 from revtransfer.models.convert import IncompatibleCheckpointError
-from revtransfer.train import CheckpointError, load_pretrained
+from revtransfer.models.weights import CheckpointError, load_weights
 
 MICRO = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2)
 
@@ -24,7 +25,7 @@ def test_timm_vit_state_dict_loads_into_vit_micro(tmp_path, pool):
     src = _timm_vit(global_pool=pool)
     torch.save(src.state_dict(), tmp_path / "vit.pth")
     model = create_model("vit_micro", img_size=24, num_classes=2, **MICRO)  # other grid, other head
-    report = load_pretrained(model, tmp_path / "vit.pth")
+    report = load_weights(model, tmp_path / "vit.pth")
     assert report.format == "timm_vit"
     assert report.dropped == ["head.weight", "head.bias"] and report.missing == ["head.weight", "head.bias"]
     got, want = model.state_dict(), src.state_dict()
@@ -39,7 +40,7 @@ def test_shape_mismatch_names_the_key(tmp_path):
     torch.save(_timm_vit(embed_dim=48, num_heads=2).state_dict(), tmp_path / "wide.pth")
     model = create_model("vit_micro", img_size=32, num_classes=2, **MICRO)
     with pytest.raises(IncompatibleCheckpointError, match=r"blocks\.0\.attn\.qkv\.weight.*\(144, 48\).*\(96, 32\)"):
-        load_pretrained(model, tmp_path / "wide.pth")
+        load_weights(model, tmp_path / "wide.pth")
 
 
 def _to_slowfast(state: dict) -> dict:
@@ -63,7 +64,7 @@ def test_slowfast_revvit_checkpoint_loads_and_computes_the_same(tmp_path):
     torch.save(_to_slowfast(src.state_dict()), tmp_path / "slowfast.pyth")
     torch.manual_seed(1)
     model = create_model("revvit_micro", img_size=32, num_classes=2, **MICRO).eval()
-    report = load_pretrained(model, tmp_path / "slowfast.pyth")
+    report = load_weights(model, tmp_path / "slowfast.pyth")
     assert report.format == "slowfast_revvit" and not report.missing and not report.dropped
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -76,13 +77,13 @@ def test_slowfast_unknown_key_is_named(tmp_path):
     torch.save(sd, tmp_path / "x.pt")
     model = create_model("revvit_micro", img_size=32, num_classes=2, **MICRO)
     with pytest.raises(IncompatibleCheckpointError, match=r"x\.pt.*blocks\.blocks\.0\.f\.attn\.rel_pos_h"):
-        load_pretrained(model, tmp_path / "x.pt")
+        load_weights(model, tmp_path / "x.pt")
 
 
 def test_unreadable_files_are_named(tmp_path):
     model = create_model("vit_micro", img_size=32, num_classes=2, **MICRO)
     with pytest.raises(CheckpointError, match="missing.pth"):
-        load_pretrained(model, tmp_path / "missing.pth")
+        load_weights(model, tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth.*corrupt"):
-        load_pretrained(model, tmp_path / "junk.pth")
+        load_weights(model, tmp_path / "junk.pth")
