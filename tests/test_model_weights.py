@@ -87,3 +87,12 @@ def test_unreadable_files_are_named(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth.*corrupt"):
         load_weights(model, tmp_path / "junk.pth")
+
+
+def test_cli_offers_exactly_the_loader_formats():
+    # The CLI spells the choices out so that `revtransfer pretrain --help` does not import timm.
+    from revtransfer.models.weights import FORMATS
+    from revtransfer.train.cli import pretrain as pretrain_cmd
+
+    option = next(p for p in pretrain_cmd.params if p.name == "init_format")
+    assert tuple(option.type.choices) == FORMATS
