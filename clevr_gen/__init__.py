@@ -1,7 +1,8 @@
 """clevr_gen: a Blender-free CLEVR-style dataset generator with exact control of the correlation
 between two attribute-conjunction labels X and Y.
 
-numpy + Pillow only (no torch, nothing else of revtransfer): workers start fast. The on-disk
+numpy, numba and Pillow only (no torch, nothing else of revtransfer): workers start fast. The
+renderer's kernels are compiled by numba on first use and cached on disk (jit.py). The on-disk
 format is documented in FORMAT.md beside this file.
 
     from clevr_gen import DatasetSpec, generate

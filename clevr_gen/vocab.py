@@ -96,3 +96,8 @@ def all_combinations() -> list[dict[str, str]]:
     """Every object type, as attribute dicts, in a fixed order."""
     names = list(ATTRIBUTES)
     return [dict(zip(names, values)) for values in itertools.product(*ATTRIBUTES.values())]
+
+
+
+# Every object type, in all_combinations() order.
+OBJECT_TYPES: tuple[dict[str, str], ...] = tuple(all_combinations())

@@ -1,13 +1,15 @@
 """Atomic, resumable writing of a dataset directory (layout in FORMAT.md).
 
 Work happens in DIR/.partial/: scenes are generated in fixed shards (scene ranges), each saved as
-it finishes (temp name, then rename; its .json is written last and marks it done). Re-running the
-same command redoes only the missing shards. When all are done the final files are assembled
+it finishes (its images written in place into .partial/images.npy, its other files under temp
+names, then renamed; its .json is written last and marks it done). Re-running the same command
+redoes only the missing shards. When all are done the final files are assembled
 under temp names, renamed into DIR, and manifest.json is written last: a directory is complete
 exactly when manifest.json exists. A crash or Ctrl-C at any point leaves no manifest.json.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import io
@@ -18,6 +20,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from . import coco, labels, preview, vocab
-from .pipeline import cell_assignment, label_columns, make_scene, scene_record
+from .pipeline import cell_assignment, label_columns, load_kernels, make_scene, scene_record
 from .render import RENDERER_VERSION
 from .spec import DatasetSpec
 
@@ -66,15 +69,33 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+        tmp.write_text(text)
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def create_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """An .npy file of uint8 zeros of this shape (sparse: only its header is written), whose
+    rows write_npy_rows fills in place."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                "fortran_order": False, "shape": shape})
+        f.truncate(f.tell() + math.prod(shape))
+
+
+def write_npy_rows(path: Path, start: int, rows: np.ndarray) -> None:
+    """Write rows[i] into row start + i of the uint8 .npy file at `path` (from create_npy).
+    Processes may write disjoint rows of one file at the same time."""
+    with open(path, "r+b") as f:
+        np.lib.format.read_magic(f)
+        shape = np.lib.format.read_array_header_1_0(f)[0]
+        f.seek(f.tell() + start * math.prod(shape[1:]))
+        np.ascontiguousarray(rows, dtype=np.uint8).tofile(f)
 
 
 # --- shards --------------------------------------------------------------------------------------
@@ -88,18 +109,26 @@ def _shard_stem(partial: Path, shard: int) -> Path:
 
 def build_shard(partial: str, spec_dict: dict, shard: int, start: int, stop: int,
                 cells: np.ndarray) -> tuple[int, int]:
-    """Generate scenes [start, stop) and save them as one shard. Runs in a worker process."""
+    """Generate scenes [start, stop) and save them as one shard (in a worker or this process).
+
+    A shard is its images, its scenes and COCO annotations as the JSON lines the final files
+    hold (so assembling them is concatenation) and, written last to mark it done, a JSON file
+    of its labels rows and each scene's smallest visible pixel count."""
     spec = DatasetSpec.from_dict(spec_dict)
     partial_dir = Path(partial)
     stem = _shard_stem(partial_dir, shard)
     images = np.empty((stop - start, spec.height, spec.width, 3), dtype=np.uint8)
-    records = []
+    scene_lines, annotation_lines, rows, min_visible = [], [], [], []
     for i, (has_x, has_y) in zip(range(start, stop), cells):
         result = make_scene(spec, i, int(has_x), int(has_y))
         images[i - start] = result.image
-        records.append(scene_record(result, spec))
+        record = scene_record(result, spec)
+        scene_lines.append(json.dumps(record["scene"]) + "\n")
+        annotation_lines += [json.dumps(a) + "\n" for a in record.get("annotations", ())]
+        rows.append(record["labels"])
+        min_visible.append(min(o["visible_pixels"] for o in record["scene"]["objects"]))
     if spec.image_format == "npy":
-        save_npy_atomic(stem.with_suffix(".npy"), images)
+        write_npy_rows(partial_dir / "images.npy", start, images)
     else:
         from PIL import Image
         png_dir = partial_dir / "images"
@@ -108,12 +137,67 @@ def build_shard(partial: str, spec_dict: dict, shard: int, start: int, stop: int
             path = png_dir / f"{i:06d}.png"
             with atomic_path(path) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
-    write_json_atomic(stem.with_suffix(".json"), records)  # last: marks the shard done
+    write_text_atomic(stem.with_suffix(".scenes.jsonl"), "".join(scene_lines))
+    if spec.coco:
+        write_text_atomic(stem.with_suffix(".coco.jsonl"), "".join(annotation_lines))
+    write_json_atomic(stem.with_suffix(".json"), {"labels": rows, "min_visible": min_visible},
+                      indent=None)  # last: marks the shard done
     return shard, stop - start
 
 
 def _build_shard_star(args):
     return build_shard(*args)
+
+
+def _build_in_parallel(jobs: list, workers: int, bar) -> None:
+    """Build the shards in `workers` processes: this one and workers - 1 spawned ones.
+
+    Shards are handed out one at a time, to each worker as it finishes one and to this process
+    between its own, so this process works while the workers start (a spawned worker needs
+    about a second to import numpy and numba and load the kernels) and the shards end together.
+    """
+    # Compile the kernels here first (or load them), so that workers find them in numba's
+    # cache instead of each compiling them.
+    load_kernels()
+    pending = collections.deque(jobs)
+    lock = threading.Lock()
+    submitted, finished, errors = [], [], []
+
+    def hand_out(pool) -> None:  # also the callback: runs in the pool's result thread
+        with lock:
+            if errors or not pending:
+                return
+            job = pending.popleft()
+        submitted.append(pool.apply_async(
+            _build_shard_star, (job,), error_callback=errors.append,
+            callback=lambda result: (finished.append(result[1]), hand_out(pool))))
+
+    def take_progress() -> None:
+        while finished:
+            bar.update(finished.pop())
+
+    # spawn: workers start clean (no inherited threads or torch state); each shard is seeded
+    # from its scene indices, so the bytes are the same whoever builds it.
+    ctx = multiprocessing.get_context("spawn")
+    n_processes = min(workers - 1, len(jobs) - 1)
+    with ctx.Pool(n_processes) as pool:
+        for _ in range(n_processes):
+            hand_out(pool)
+        while True:
+            with lock:
+                job = pending.popleft() if pending and not errors else None
+            if job is None:
+                break
+            bar.update(build_shard(*job)[1])
+            take_progress()
+        # A result is ready only after its callback ran, so once all submitted ones are ready
+        # no more will be submitted.
+        while (running := next((r for r in submitted if not r.ready()), None)) is not None:
+            running.wait(0.1)
+            take_progress()
+        take_progress()
+    if errors:
+        raise errors[0]
 
 
 # --- provenance ----------------------------------------------------------------------------------
@@ -131,6 +215,7 @@ def git_commit() -> str | None:
 def library_versions() -> dict[str, str | None]:
     from importlib import metadata
 
+    import numba
     import PIL
 
     from . import __version__
@@ -139,8 +224,8 @@ def library_versions() -> dict[str, str | None]:
     except metadata.PackageNotFoundError:
         package = None
     return {"python": platform.python_version(), "numpy": np.__version__,
-            "pillow": PIL.__version__, "clevr_gen": __version__, "revtransfer": package,
-            "renderer": RENDERER_VERSION}
+            "numba": numba.__version__, "pillow": PIL.__version__, "clevr_gen": __version__,
+            "revtransfer": package, "renderer": RENDERER_VERSION}
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -180,6 +265,8 @@ def _open_partial(out: Path, spec: DatasetSpec, shard_size: int) -> tuple[Path, 
                 + f"). Re-run that command to finish it, or delete {partial} to start over.")
         return partial, int(state["shard_size"])
     partial.mkdir(parents=True, exist_ok=True)
+    if spec.image_format == "npy":  # each shard writes its rows into it
+        create_npy(partial / "images.npy", (spec.n, spec.height, spec.width, 3))
     write_json_atomic(state_path, {"spec": spec.to_dict(), "shard_size": shard_size})
     return partial, shard_size
 
@@ -233,12 +320,7 @@ def generate(spec: DatasetSpec, out, workers: int = 1, shard_size: int = DEFAULT
                 for job in jobs:
                     bar.update(build_shard(*job)[1])
             else:
-                # spawn: workers start clean (no inherited threads or torch state); each shard
-                # is seeded from its scene indices, so results are the same whatever the pool.
-                ctx = multiprocessing.get_context("spawn")
-                with ctx.Pool(min(workers, len(jobs))) as pool:
-                    for _, count in pool.imap_unordered(_build_shard_star, jobs):
-                        bar.update(count)
+                _build_in_parallel(jobs, workers, bar)
         manifest = _finalize(out, partial, spec, cells, ranges, preset,
                              {"workers": workers, "shard_size": shard_size,
                               "generate_seconds": round(time.perf_counter() - t0, 3)})
@@ -250,11 +332,6 @@ def generate(spec: DatasetSpec, out, workers: int = 1, shard_size: int = DEFAULT
             os.unlink(out / LOCK)
 
 
-def _iter_shard_records(partial: Path, n_shards: int) -> Iterator[dict]:
-    for i in range(n_shards):
-        yield from json.loads(_shard_stem(partial, i).with_suffix(".json").read_text())
-
-
 def _finalize(out: Path, partial: Path, spec: DatasetSpec, cells: np.ndarray,
               ranges: list[tuple[int, int]], preset: str | None, run: dict) -> dict:
     """Assemble shards into the final files (each renamed into place), then the manifest."""
@@ -262,13 +339,10 @@ def _finalize(out: Path, partial: Path, spec: DatasetSpec, cells: np.ndarray,
     n_shards = len(ranges)
     # Images: one memory-mappable array, or the PNG folder moved into place.
     if spec.image_format == "npy":
-        with atomic_path(out / "images.npy") as tmp:
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                           shape=(spec.n, spec.height, spec.width, 3))
-            for i, (start, stop) in enumerate(ranges):
-                mm[start:stop] = np.load(_shard_stem(partial, i).with_suffix(".npy"))
-            mm.flush()
-            del mm
+        # The shards wrote their rows in place; a finalize that stopped after this rename
+        # finds it done.
+        if (partial / "images.npy").exists() or not (out / "images.npy").exists():
+            os.replace(partial / "images.npy", out / "images.npy")
     else:
         with atomic_path(out / "images") as tmp:
             shutil.copytree(partial / "images", tmp)
@@ -276,6 +350,7 @@ def _finalize(out: Path, partial: Path, spec: DatasetSpec, cells: np.ndarray,
     stats = _Stats(spec)
     header = {"info": {"generator": "clevr_gen", "split": spec.split, "x": spec.x, "y": spec.y,
                        "seed": spec.seed, "width": spec.width, "height": spec.height}}
+    first_rows = []
     with contextlib.ExitStack() as stack:
         labels_tmp = stack.enter_context(atomic_path(out / "labels.csv"))
         scenes_tmp = stack.enter_context(atomic_path(out / "scenes.json"))
@@ -289,25 +364,31 @@ def _finalize(out: Path, partial: Path, spec: DatasetSpec, cells: np.ndarray,
         labels_f.write(",".join(label_columns()) + "\n")
         scenes_f.write(json.dumps(header)[:-1] + ', "scenes": [\n')
         ann_id = 0
-        for rec in _iter_shard_records(partial, n_shards):
-            scene = rec["scene"]
-            i = scene["image_index"]
-            if (scene["has_x"], scene["has_y"]) != tuple(int(c) for c in cells[i]):
-                raise AssertionError(f"scene {i}: labels differ from its planned cell")
-            stats.add(rec)
-            labels_f.write(",".join(str(v) for v in rec["labels"]) + "\n")
-            scenes_f.write(("" if i == 0 else ",\n") + json.dumps(scene))
+        for shard in range(n_shards):
+            stem = _shard_stem(partial, shard)
+            meta = json.loads(stem.with_suffix(".json").read_text())
+            for row in meta["labels"]:  # index, has_x, has_y, ... (label_columns)
+                if (row[1], row[2]) != tuple(int(c) for c in cells[row[0]]):
+                    raise AssertionError(f"scene {row[0]}: labels differ from its planned cell")
+            stats.add(meta["labels"], meta["min_visible"])
+            labels_f.write("".join(",".join(map(str, row)) + "\n" for row in meta["labels"]))
+            first_rows += meta["labels"][:preview.MAX_TILES - len(first_rows)]
+            # One scene (annotation) per line there; ",\n" between items here.
+            lines = stem.with_suffix(".scenes.jsonl").read_text()
+            scenes_f.write(("" if shard == 0 else ",\n") + lines[:-1].replace("\n", ",\n"))
             if coco_f is not None:
-                for ann in rec["annotations"]:
-                    ann_id += 1
-                    coco_f.write(("" if ann_id == 1 else ",\n")
-                                 + json.dumps({"id": ann_id, **ann}))
+                parts = []
+                for line in stem.with_suffix(".coco.jsonl").read_text().splitlines():
+                    ann_id += 1  # the id goes first, as in {"id": ann_id, **annotation}
+                    parts.append(("" if ann_id == 1 else ",\n") + f'{{"id": {ann_id}, '
+                                 + line[1:])
+                coco_f.write("".join(parts))
         scenes_f.write("\n]}\n")
         if coco_f is not None:
             coco_f.write("\n]}\n")
         # Files are closed (ExitStack unwinds in reverse) before their renames.
 
-    _write_preview(out, partial, spec, ranges)
+    _write_preview(out, spec, first_rows)
     manifest = {
         "format_version": FORMAT_VERSION,
         "complete": True,
@@ -345,49 +426,39 @@ def _start_coco(f: io.TextIOBase, spec: DatasetSpec) -> None:
     f.write('\n], "annotations": [\n')
 
 
-def _write_preview(out: Path, partial: Path, spec: DatasetSpec, ranges) -> None:
+def _write_preview(out: Path, spec: DatasetSpec, rows: list[list[int]]) -> None:
+    """preview.png from the first images and their labels rows."""
     k = min(spec.n, preview.MAX_TILES)
     if spec.image_format == "npy":
         images = list(np.load(out / "images.npy", mmap_mode="r")[:k])
     else:
         from PIL import Image
         images = [np.asarray(Image.open(out / "images" / f"{i:06d}.png")) for i in range(k)]
-    recs = []
-    for rec in _iter_shard_records(partial, len(ranges)):
-        recs.append(rec["scene"])
-        if len(recs) == k:
-            break
-    captions = [preview.caption(s["image_index"], s["has_x"], s["has_y"], len(s["objects"]))
-                for s in recs]
+    captions = [preview.caption(row[0], row[1], row[2], row[3]) for row in rows[:k]]
     with atomic_path(out / "preview.png") as tmp:
-        preview.contact_sheet(images, captions).save(tmp, format="PNG")
+        preview.contact_sheet(images, captions).save(tmp, format="PNG", compress_level=1)
 
 
 class _Stats:
-    """Measured label statistics, object-count histogram and attribute frequencies."""
+    """Measured label statistics, object-count histogram and attribute frequencies, from the
+    labels rows (label_columns) and each scene's smallest visible pixel count."""
 
     def __init__(self, spec: DatasetSpec):
         self.spec = spec
-        self.has_x: list[int] = []
-        self.has_y: list[int] = []
-        self.n_objects: dict[int, int] = {}
-        self.attributes = {a: {v: 0 for v in vals} for a, vals in vocab.ATTRIBUTES.items()}
-        self.min_visible = math.inf
+        self.rows: list[list[int]] = []
+        self.min_visible: list[int] = []
 
-    def add(self, rec: dict) -> None:
-        scene = rec["scene"]
-        self.has_x.append(scene["has_x"])
-        self.has_y.append(scene["has_y"])
-        k = len(scene["objects"])
-        self.n_objects[k] = self.n_objects.get(k, 0) + 1
-        for obj in scene["objects"]:
-            for a in self.attributes:
-                self.attributes[a][obj[a]] += 1
-            self.min_visible = min(self.min_visible, obj["visible_pixels"])
+    def add(self, rows: list[list[int]], min_visible: list[int]) -> None:
+        self.rows += rows
+        self.min_visible += min_visible
 
     def summary(self) -> dict:
-        m = labels.measure(np.array(self.has_x), np.array(self.has_y))
-        m["object_count_histogram"] = {str(k): self.n_objects[k] for k in sorted(self.n_objects)}
-        m["attribute_counts"] = self.attributes
-        m["min_visible_pixels"] = int(self.min_visible) if self.n_objects else None
+        rows = np.array(self.rows, dtype=np.int64).reshape(-1, len(label_columns()))
+        m = labels.measure(rows[:, 1], rows[:, 2])
+        sizes, counts = np.unique(rows[:, 3], return_counts=True)
+        m["object_count_histogram"] = {str(k): int(c) for k, c in zip(sizes, counts)}
+        totals = iter(rows[:, 6:].sum(axis=0).tolist())  # per value, in vocab.ATTRIBUTES order
+        m["attribute_counts"] = {a: {v: next(totals) for v in values}
+                                 for a, values in vocab.ATTRIBUTES.items()}
+        m["min_visible_pixels"] = min(self.min_visible) if self.min_visible else None
         return m

@@ -24,13 +24,33 @@ def test_rle_matches_pycocotools_on_random_masks():
     masks += [rng.random((h, w)) < p for h, w, p in [(13, 17, 0.3), (80, 80, 0.05), (24, 32, 0.9)]]
     first = np.zeros((6, 6), bool)
     first[0, 0] = True  # mask starting with a 1: the first run of zeros is empty
-    masks.append(first)
+    last = np.zeros((6, 6), bool)
+    last[-1, -1] = True  # ending with a 1: no last run of zeros
+    column = np.zeros((9, 4), bool)
+    column[:, 2] = True  # runs that span a whole column
+    masks += [first, last, column]
     for m in masks:
         ours = coco.encode_mask(m)
         theirs = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         assert ours["counts"] == theirs["counts"].decode()
         decoded = mask_utils.decode({"size": ours["size"], "counts": ours["counts"].encode()})
         assert np.array_equal(decoded.astype(bool), m)
+
+
+def test_annotations_of_an_object_map_match_pycocotools():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(-1, 4, size=(23, 31)).astype(np.int16)  # objects 0..3; 4 has no pixel
+    ids[:, :5] = -1
+    scene = {"objects": [{"shape": s} for s in ("cube", "sphere", "cylinder", "cube", "sphere")]}
+    anns = coco.annotations(ids, scene, 7, "shape")
+    assert [a["object_index"] for a in anns] == [0, 1, 2, 3]
+    for a in anns:
+        mask = ids == a["object_index"]
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert a["segmentation"] == {"size": [23, 31], "counts": rle["counts"].decode()}
+        assert a["area"] == mask.sum() and a["bbox"] == mask_utils.toBbox(rle).tolist()
+        assert a["image_id"] == 7 and a["category_id"] == coco.category_id(
+            scene["objects"][a["object_index"]], "shape")
 
 
 def test_category_modes():

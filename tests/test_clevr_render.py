@@ -125,3 +125,44 @@ def test_rerender_from_json_is_byte_identical_and_antialiased():
     assert not np.array_equal(aliased, img)
     # supersampling makes intermediate edge colours: more distinct colours than without
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > len(np.unique(aliased.reshape(-1, 3), axis=0))
+
+
+def test_sphere_mask_area_matches_its_projection():
+    """A sphere's silhouette is the cone from the eye tangent to it, cut by the image plane: an
+    ellipse of area pi f^2 sin^2(a) cos(a) / (cos^2(t) - sin^2(a))^1.5 pixels (f: focal length in
+    pixels, a: the cone's half-angle, t: its axis' angle to the view axis)."""
+    w = h = 160
+    for xy, r in [((0.0, 0.0), 0.7), ((2.0, -1.0), 0.35), ((1.5, 2.0), 0.7)]:
+        _, ids = render(scene_of(obj("sphere", xy=xy, size=r)), w, h, supersample=4)
+        cam = Camera(np.array(CAMERA_LOCATION), w, h)
+        f = w / 2 / cam.tan_half_fov[0]
+        to_centre = np.array([*xy, r]) - cam.location
+        dist = np.linalg.norm(to_centre)
+        sin_a = r / dist
+        cos_t = to_centre @ cam.forward / dist
+        cos_a = np.sqrt(1 - sin_a ** 2)
+        expected = np.pi * f ** 2 * sin_a ** 2 * cos_a / (cos_t ** 2 - sin_a ** 2) ** 1.5
+        assert (ids == 0).sum() == pytest.approx(expected, rel=0.03)
+
+
+def test_pixels_away_from_objects_and_shadows_show_the_bare_ground():
+    empty, empty_ids = render(scene_of(), W, H)
+    assert (empty_ids == -1).all()
+    # A cube at the back left: it and its shadow (cast away from the key light, further back)
+    # stay in the upper half of the image.
+    img, ids = render(scene_of(obj("cube", "gray", "metal", xy=(-2.5, 2.5), rotation=10)), W, H)
+    assert (ids == 0).sum() > 20 and not np.array_equal(img[:H // 2], empty[:H // 2])
+    assert (ids[H // 2:] == -1).all()
+    assert np.array_equal(img[H // 2:], empty[H // 2:])  # bit for bit
+
+
+def test_trace_reusing_buffers_equals_a_fresh_trace():
+    from clevr_gen.render import SceneGeometry, object_map, shade, trace
+    spec = DatasetSpec(n=10, p_x=0.5, p_y=0.5, corr=0.0, width=W, height=H)
+    a, b = (SceneGeometry.from_scene(make_scene(spec, i, 1, 0).scene) for i in (0, 1))
+    fresh = trace(a, W, H)
+    image, (ids, visible) = shade(fresh), object_map(fresh)
+    reused = trace(a, W, H, reuse=trace(b, W, H, reuse=trace(a, W, H)))
+    assert np.array_equal(shade(reused), image)
+    assert np.array_equal(object_map(reused)[0], ids)
+    assert np.array_equal(object_map(reused)[1], visible)
