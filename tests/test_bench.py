@@ -53,3 +53,33 @@ def test_gpu_plan_gradient_check_runs_the_device_independent_part():
     assert len(errs) == 8 and max(errs.values()) <= 1e-10
     assert {m for jobs in PLAN.values() for _, m, _, _ in jobs} >= {"revvit_base", "revswin_tiny", "revmvit_tiny",
                                                                    "revroberta_base"}
+
+
+def test_gpu_plan_continues_where_an_earlier_call_stopped(tmp_path):
+    from revtransfer.bench.gpu_plan import PLAN, jobs_to_run, should_start
+
+    every = jobs_to_run(list(PLAN), "h100", [tmp_path])
+    assert every[0][0] == "checks" and len(every) == sum(len(j) for j in PLAN.values())
+    (tmp_path / "h100_checks.json").write_text("{}")
+    (tmp_path / "h100_revvit_base.json").write_text("{}")
+    (tmp_path / "h200_revvit_large.json").write_text("{}")  # another device's figures do not count
+    left = [stem for stem, *_ in jobs_to_run(["check", "vit"], "h100", [tmp_path / "none", tmp_path])]
+    assert left == ["revvit_large"]
+    assert should_start(0.0, 0.0, 540) and should_start(300.0, 200.0, 540)
+    assert not should_start(400.0, 200.0, 540)
+
+
+def test_gpu_plan_writes_one_json_per_job_and_skips_it_next_time(tmp_path, monkeypatch, capsys):
+    import json
+
+    from revtransfer.bench import gpu_plan
+
+    tiny = dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2)
+    monkeypatch.setattr(gpu_plan, "PLAN", {"vit": [("tiny", "revvit_micro", [2], {"model_kwargs": tiny})]})
+    argv = ["--group", "vit", "--out", str(tmp_path), "--device", "cpu", "--amp", "none", "--steps", "1", "--warmup", "0"]
+    assert gpu_plan.main(argv) == 0
+    written = json.loads((tmp_path / "cpu_tiny.json").read_text())
+    assert {r["mode"] for r in written["records"]} >= {"backprop", "reprop", "pareprop"}
+    assert written["meta"]["plan"] == "revtransfer.bench.gpu_plan"
+    assert gpu_plan.main(argv) == 0
+    assert "0 job(s) to run" in capsys.readouterr().out
