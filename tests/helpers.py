@@ -51,6 +51,26 @@ def compare_modes(model, set_mode, inputs, loss_fn, modes=("reprop", "pareprop")
     return ref
 
 
+def assert_modes_agree_in_forward(model: nn.Module, *inputs) -> None:
+    """Every backward mode gives the same outputs: in train mode (same RNG seed: dropout and drop
+    path draw the same masks) and in eval mode under no_grad."""
+    from revtransfer.reversible import BACKPROP_MODES
+
+    outs = {}
+    for mode in BACKPROP_MODES:
+        model.set_backprop(mode)
+        assert model.backprop == mode
+        model.train()
+        torch.manual_seed(3)
+        train_out = model(*inputs).detach()
+        model.eval()
+        with torch.no_grad():
+            outs[mode] = (train_out, model(*inputs))
+    for mode in BACKPROP_MODES:
+        assert torch.equal(outs[mode][0], outs["backprop"][0]), f"{mode}: train-mode forward differs"
+        assert torch.equal(outs[mode][1], outs["backprop"][1]), f"{mode}: eval forward differs"
+
+
 @contextlib.contextmanager
 def count_saved_bytes(params=()):
     """Count bytes of tensors autograd saves for backward: each storage once, parameters excluded.

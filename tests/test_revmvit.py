@@ -7,9 +7,9 @@ import timm
 import torch
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_same_grads, assert_saved_bytes_flat_in_stage_depth, grads_of
+from helpers import assert_modes_agree_in_forward, assert_same_grads, assert_saved_bytes_flat_in_stage_depth, grads_of
 from revtransfer.models.revmvit import MViTTransition, RevMViT
-from revtransfer.reversible import BACKPROP_MODES, ReversibleStack
+from revtransfer.reversible import ReversibleStack
 
 # A LayerNorm bias on the keys shifts every score of a query by the same amount, which softmax
 # ignores: its exact gradient is 0 and what autograd returns is rounding noise (~1e-19), so a
@@ -65,19 +65,7 @@ def test_drop_path_is_live_in_train_mode():
 
 def test_modes_agree_in_forward_eval_and_no_grad():
     model = tiny_mvit((2, 2), drop_path_rate=0.3)
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    outs = {}
-    for mode in BACKPROP_MODES:
-        model.set_backprop(mode)
-        model.train()
-        torch.manual_seed(3)
-        train_out = model(x).detach()
-        model.eval()
-        with torch.no_grad():
-            outs[mode] = (train_out, model(x))
-    for mode in BACKPROP_MODES:
-        assert torch.equal(outs[mode][0], outs["backprop"][0])
-        assert torch.equal(outs[mode][1], outs["backprop"][1])
+    assert_modes_agree_in_forward(model, torch.randn(2, 3, 32, 32, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("stage", [0, 1])

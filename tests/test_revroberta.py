@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import compare_modes, count_saved_bytes
+from helpers import assert_modes_agree_in_forward, compare_modes, count_saved_bytes
 from revtransfer.models.revroberta import RevRoberta
 from revtransfer.reversible import BACKPROP_MODES
 
@@ -78,20 +78,8 @@ def test_padding_does_not_leak_into_the_classification(mode):
 
 
 def test_modes_agree_in_forward_eval_and_no_grad():
-    model = tiny_roberta(3)
     ids, mask = token_batch(pad_from=5)
-    outs = {}
-    for mode in BACKPROP_MODES:
-        model.set_backprop(mode)
-        model.train()
-        torch.manual_seed(3)
-        train_out = model(ids, mask).detach()
-        model.eval()
-        with torch.no_grad():
-            outs[mode] = (train_out, model(ids, mask))
-    for mode in BACKPROP_MODES:
-        assert torch.equal(outs[mode][0], outs["backprop"][0])
-        assert torch.equal(outs[mode][1], outs["backprop"][1])
+    assert_modes_agree_in_forward(tiny_roberta(3), ids, mask)
 
 
 def test_saved_bytes_flat_in_depth():

@@ -7,9 +7,9 @@ import timm
 import torch
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_saved_bytes_flat_in_stage_depth, compare_modes
+from helpers import assert_modes_agree_in_forward, assert_saved_bytes_flat_in_stage_depth, compare_modes
 from revtransfer.models.revswin import RevSwin, SwinTransition, WindowAttentionSublayer
-from revtransfer.reversible import BACKPROP_MODES, ReversibleStack
+from revtransfer.reversible import ReversibleStack
 
 DROPS = dict(drop_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
 
@@ -64,20 +64,7 @@ def test_dropout_is_live_in_train_mode():
 
 def test_modes_agree_in_forward_eval_and_no_grad():
     model = tiny_swin((2, 1), **DROPS)
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    outs = {}
-    for mode in BACKPROP_MODES:
-        model.set_backprop(mode)
-        assert model.backprop == mode
-        model.train()
-        torch.manual_seed(3)
-        train_out = model(x)
-        model.eval()
-        with torch.no_grad():
-            outs[mode] = (train_out.detach(), model(x))
-    for mode in BACKPROP_MODES:
-        assert torch.equal(outs[mode][0], outs["backprop"][0])
-        assert torch.equal(outs[mode][1], outs["backprop"][1])
+    assert_modes_agree_in_forward(model, torch.randn(2, 3, 32, 32, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("stage", [0, 1])
