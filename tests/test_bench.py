@@ -83,3 +83,23 @@ def test_gpu_plan_writes_one_json_per_job_and_skips_it_next_time(tmp_path, monke
     assert written["meta"]["plan"] == "revtransfer.bench.gpu_plan"
     assert gpu_plan.main(argv) == 0
     assert "0 job(s) to run" in capsys.readouterr().out
+
+
+def test_cpu_thread_recompute_variant_is_exact():
+    # The measurement compares like with like only if the threaded variant computes the same grads.
+    import torch
+
+    from helpers import assert_same_grads, grads_of
+    from revtransfer.bench.cpu_thread_recompute import _recompute_on_a_thread
+    from revtransfer.models import create_model
+
+    model = create_model("revvit_micro", img_size=16, patch_size=4, embed_dim=16, depth=3, num_heads=2,
+                         num_classes=2, proj_drop_rate=0.1, drop_path_rate=0.1).double().train()
+    x = (torch.randn(2, 3, 16, 16, dtype=torch.float64),)
+    loss = lambda out: out.square().sum()  # noqa: E731
+    model.set_backprop("backprop")
+    ref = grads_of(model, x, loss)
+    model.set_backprop("pareprop")
+    with _recompute_on_a_thread():
+        got = grads_of(model, x, loss)
+    assert_same_grads(got, ref, 1e-10, "pareprop, recompute on a thread")
