@@ -43,8 +43,9 @@ def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
                               f"({type(e).__name__}: {e})") from e
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a weight file, unwrapped from trainer and DDP containers."""
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """A weight file's dict, checked to hold tensors (possibly inside trainer containers, which
+    are kept: the layout tells :func:`detect_format` what wrote the file)."""
     state = read_checkpoint_file(path)
     if not isinstance(state, dict) or not convert.unwrap_state_dict(state):
         raise CheckpointError(f"checkpoint {path} holds no state dict of tensors")
