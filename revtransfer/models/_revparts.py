@@ -75,6 +75,12 @@ class TerminationFusion(nn.Module):
         return f"kind={self.kind!r}"
 
 
+def check_stage_depths(depths) -> tuple[int, ...]:
+    if any(d < 1 for d in depths):
+        raise ValueError(f"every stage needs at least one block, got depths {tuple(depths)}")
+    return tuple(depths)
+
+
 def check_global_pool(pool: str, allowed=("avg", "")) -> str:
     if pool not in allowed:
         raise ValueError(f"unknown global_pool {pool!r}; choose one of: {', '.join(map(repr, allowed))}")
@@ -91,6 +97,13 @@ class ReversibleModelMixin:
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def _build_fused_head(self, dim: int, fusion: str, norm_layer, drop_rate: float, num_classes: int) -> None:
+        """The termination fusion of the two streams, then timm's head_drop and classifier."""
+        self.fuse = TerminationFusion(dim, fusion, norm_layer)
+        self.num_features = self.head_hidden_size = self.fuse.num_features
+        self.head_drop = nn.Dropout(drop_rate)
+        self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes

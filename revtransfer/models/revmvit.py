@@ -37,9 +37,9 @@ from ._revparts import (
     MlpSublayer,
     ReversibleModelMixin,
     StreamFusion,
-    TerminationFusion,
     check_fusion,
     check_global_pool,
+    check_stage_depths,
     init_weights,
     stage_drop_path_rates,
 )
@@ -147,8 +147,7 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         check_global_pool(global_pool)
         check_mode(backprop)
         num_stages = len(depths)
-        if any(d < 1 for d in depths):
-            raise ValueError(f"every stage needs at least one block, got depths {depths}")
+        check_stage_depths(depths)
 
         def per_stage(v):  # a scalar doubles per stage, as in MViTv2
             return tuple(v) if isinstance(v, (list, tuple)) else tuple(v * 2 ** i for i in range(num_stages))
@@ -199,10 +198,7 @@ class RevMViT(ReversibleModelMixin, nn.Module):
                                           module=f"layers.stages.{len(stages) - 1}"))
         self.feat_size = tuple(feat_size)
         self.layers = ReversibleSequence(stages)
-        self.fuse = TerminationFusion(dim, fusion, norm_layer)
-        self.num_features = self.head_hidden_size = self.fuse.num_features
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._build_fused_head(dim, fusion, norm_layer, drop_rate, num_classes)
         self.apply(init_weights)
 
     # --- timm conventions --------------------------------------------------------------------------

@@ -134,8 +134,7 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
         super().__init__()
         check_fusion(fusion)
         check_mode(backprop)
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"unknown global_pool {global_pool!r}; choose 'token' (<s>), 'avg' or ''")
+        check_global_pool(global_pool, self.global_pools)
         norm_layer = partial(nn.LayerNorm, eps=layer_norm_eps)
         classifier_dropout = hidden_dropout if classifier_dropout is None else classifier_dropout
         self.vocab_size = vocab_size
@@ -160,7 +159,7 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
         self.head_hidden_size = embed_dim
         self.head_drop = nn.Dropout(classifier_dropout)
         self.pre_logits = nn.Sequential(nn.Linear(self.num_features, embed_dim), nn.Tanh())
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_classifier(num_classes)
         self.apply(init_weights)
         for m in self.modules():
             if isinstance(m, nn.Embedding):  # RoBERTa: normal(0, 0.02), padding row zero

@@ -30,9 +30,9 @@ from ._revparts import (
     MlpSublayer,
     ReversibleModelMixin,
     StreamFusion,
-    TerminationFusion,
     check_fusion,
     check_global_pool,
+    check_stage_depths,
     init_weights,
     stage_drop_path_rates,
 )
@@ -159,8 +159,7 @@ class RevSwin(ReversibleModelMixin, nn.Module):
         check_global_pool(global_pool)
         if len(num_heads) != len(depths):
             raise ValueError(f"num_heads {num_heads} and depths {depths} need one entry per stage")
-        if any(d < 1 for d in depths):
-            raise ValueError(f"every stage needs at least one block, got depths {depths}")
+        check_stage_depths(depths)
         check_mode(backprop)
         norm_layer = norm_layer or nn.LayerNorm
         act_layer = act_layer or nn.GELU
@@ -194,10 +193,7 @@ class RevSwin(ReversibleModelMixin, nn.Module):
             self.feature_info.append(dict(num_chs=dims[s], reduction=patch_size * 2 ** s,
                                           module=f"layers.stages.{len(stages) - 1}"))
         self.layers = ReversibleSequence(stages)
-        self.fuse = TerminationFusion(dims[-1], fusion, norm_layer)
-        self.num_features = self.head_hidden_size = self.fuse.num_features
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._build_fused_head(dims[-1], fusion, norm_layer, drop_rate, num_classes)
         self.apply(init_weights)
         for m in self.modules():  # init_weights leaves these alone; WindowAttention initialises them
             if isinstance(m, WindowAttention):

@@ -96,7 +96,7 @@ class RevViT(ReversibleModelMixin, nn.Module):
         )
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_classifier(num_classes)
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_weights)
 
