@@ -51,6 +51,21 @@ def compare_modes(model, set_mode, inputs, loss_fn, modes=("reprop", "pareprop")
     return ref
 
 
+def assert_train_forward_is_stochastic(model: nn.Module, *inputs) -> None:
+    """Dropout / drop path draw fresh masks per RNG seed and the same masks for the same seed: the
+    gradient tests mean something only if the stochastic layers are live."""
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(*inputs)
+        torch.manual_seed(2)
+        b = model(*inputs)
+        torch.manual_seed(1)
+        c = model(*inputs)
+    assert not torch.equal(a, b), "different seeds gave the same train-mode output"
+    assert torch.equal(a, c), "the same seed gave different train-mode outputs"
+
+
 def assert_modes_agree_in_forward(model: nn.Module, *inputs) -> None:
     """Every backward mode gives the same outputs: in train mode (same RNG seed: dropout and drop
     path draw the same masks) and in eval mode under no_grad."""

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_modes_agree_in_forward, assert_same_grads, assert_saved_bytes_flat_in_stage_depth, grads_of
+from helpers import assert_modes_agree_in_forward, assert_train_forward_is_stochastic, assert_same_grads, assert_saved_bytes_flat_in_stage_depth, grads_of
 from revtransfer.models.revmvit import MViTTransition, RevMViT
 from revtransfer.reversible import ReversibleStack
 
@@ -53,14 +53,7 @@ def test_float64_grads_equal_backprop_with_drop_path(depths, fusions):
 
 
 def test_drop_path_is_live_in_train_mode():
-    model = tiny_mvit((2, 2), drop_path_rate=0.5).train()
-    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    with torch.no_grad():
-        torch.manual_seed(1)
-        a = model(x)
-        torch.manual_seed(2)
-        b = model(x)
-    assert not torch.equal(a, b)
+    assert_train_forward_is_stochastic(tiny_mvit((2, 2), drop_path_rate=0.5), torch.randn(4, 3, 32, 32, dtype=torch.float64))
 
 
 def test_modes_agree_in_forward_eval_and_no_grad():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_modes_agree_in_forward, compare_modes, count_saved_bytes
+from helpers import assert_modes_agree_in_forward, assert_train_forward_is_stochastic, compare_modes, count_saved_bytes
 from revtransfer.models.revroberta import RevRoberta
 from revtransfer.reversible import BACKPROP_MODES
 
@@ -55,14 +55,8 @@ def test_float64_grads_equal_backprop_with_dropout(depth, fusion, padded):
 
 
 def test_dropout_is_live_in_train_mode():
-    model = tiny_roberta(2).train()
     ids, _ = token_batch()
-    with torch.no_grad():
-        torch.manual_seed(1)
-        a = model(ids)
-        torch.manual_seed(2)
-        b = model(ids)
-    assert not torch.equal(a, b)
+    assert_train_forward_is_stochastic(tiny_roberta(2), ids)
 
 
 @pytest.mark.parametrize("mode", BACKPROP_MODES)

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_modes_agree_in_forward, assert_saved_bytes_flat_in_stage_depth, compare_modes
+from helpers import assert_modes_agree_in_forward, assert_train_forward_is_stochastic, assert_saved_bytes_flat_in_stage_depth, compare_modes
 from revtransfer.models.revswin import RevSwin, SwinTransition, WindowAttentionSublayer
 from revtransfer.reversible import ReversibleStack
 
@@ -49,17 +49,7 @@ def test_float64_grads_equal_backprop_with_dropout(depths, img_size, window_size
 
 
 def test_dropout_is_live_in_train_mode():
-    # The gradient test means something only if the stochastic layers draw different masks per seed.
-    model = tiny_swin((1, 2), **DROPS).train()
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    with torch.no_grad():
-        torch.manual_seed(1)
-        a = model(x)
-        torch.manual_seed(2)
-        b = model(x)
-        torch.manual_seed(1)
-        c = model(x)
-    assert not torch.equal(a, b) and torch.equal(a, c)
+    assert_train_forward_is_stochastic(tiny_swin((1, 2), **DROPS), torch.randn(2, 3, 32, 32, dtype=torch.float64))
 
 
 def test_modes_agree_in_forward_eval_and_no_grad():
