@@ -49,7 +49,8 @@ class _ReversibleStackFunction(torch.autograd.Function):
     def backward(ctx, dy1, dy2):
         y1, y2 = ctx.saved_tensors
         stack = ctx.stack
-        wanted = {id(p) for p, need in zip(stack._flat_params, ctx.needs_input_grad[3:]) if need}
+        flat_params = stack._flat_params
+        wanted = {id(p) for p, need in zip(flat_params, ctx.needs_input_grad[3:]) if need}
         block_params = [
             ([p for p in b.f.parameters() if id(p) in wanted], [p for p in b.g.parameters() if id(p) in wanted])
             for b in stack.blocks
@@ -67,7 +68,7 @@ class _ReversibleStackFunction(torch.autograd.Function):
             for p, g in zip(f_params + g_params, f_grads + g_grads):
                 if g is not None:
                     total[id(p)] = g if id(p) not in total else total[id(p)] + g
-        return (None, dx1, dx2, *[total.get(id(p)) for p in stack._flat_params])
+        return (None, dx1, dx2, *[total.get(id(p)) for p in flat_params])
 
 
 class ReversibleStack(nn.Module):
@@ -94,14 +95,11 @@ class ReversibleStack(nn.Module):
     def _flat_params(self) -> list[nn.Parameter]:
         return list(self.blocks.parameters())  # deduplicated by nn.Module
 
-    def uses_reversible_backward(self, *inputs: torch.Tensor) -> bool:
-        if self.mode == "backprop" or not self.training or not torch.is_grad_enabled():
-            return False
-        return any(t.requires_grad for t in inputs) or any(p.requires_grad for p in self._flat_params)
-
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.uses_reversible_backward(x1, x2):
-            return _ReversibleStackFunction.apply(self, x1, x2, *self._flat_params)
+        if self.mode != "backprop" and self.training and torch.is_grad_enabled():
+            params = self._flat_params  # walked once per call: it is on every training step
+            if x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in params):
+                return _ReversibleStackFunction.apply(self, x1, x2, *params)
         for block in self.blocks:
             x1, x2 = block(x1, x2)
         return x1, x2
