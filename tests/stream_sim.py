@@ -10,7 +10,14 @@ op, notes the lane it was issued on, and checks the two rules that make two-stre
 * lifetime: memory made on one lane and used on another must be adopted by the user lane
   (``record_stream``), or the caching allocator may hand it out again while the user still runs.
 
-It also times the schedule in op counts (each op costs 1, a lane runs its ops in order, a wait
+and it applies the rule autograd (torch >= 2.10) follows for gradient accumulators: an
+AccumulateGrad node belongs to the stream it was created on, and ``torch.autograd.grad`` on one
+lane against a leaf whose accumulator lives on another makes that other lane wait for the gradient
+and, at the call's end, the calling lane wait for the other lane's whole queue. A leaf made during
+the simulated backward has its accumulator on the lane that made it; any older leaf (a parameter
+the forward used) has it on main. Each such call is counted in ``pinned_grads``.
+
+It also times the schedule in op counts (each op that is not a view costs 1, a lane runs its ops in order, a wait
 delays a lane to the event's time), which gives the ideal overlap two streams allow.
 
 On CUDA a backward op runs on its forward op's stream; the schedule builds and differentiates each
@@ -19,6 +26,7 @@ block's graph on one lane, so issuing backward ops on the current lane, as here,
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -90,7 +98,18 @@ class SimLanes(TorchDispatchMode):
         self._current = self.main
         self._memory: dict[int, _Memory] = {}
         self.cross_lane_reads = 0
+        self.pinned_grads = 0
         self.tracking = False
+        self._born: dict[int, tuple[weakref.ref, SimLane]] = {}  # tensors made while tracking -> lane
+        self._real_grad = torch.autograd.grad
+
+    def __enter__(self):
+        torch.autograd.grad = self._grad
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.autograd.grad = self._real_grad
+        return super().__exit__(*exc)
 
     def lanes_for(self, mode: str, device) -> list[SimLane]:
         """Tracking starts here, at the reversible backward: what came before ran on main, long ago."""
@@ -112,6 +131,21 @@ class SimLanes(TorchDispatchMode):
     @property
     def total_ops(self) -> int:
         return self.main.ops + self.side.ops
+
+    def _accumulator_lane(self, leaf: torch.Tensor) -> SimLane:
+        born = self._born.get(id(leaf))
+        return born[1] if born is not None and born[0]() is leaf else self.main
+
+    def _grad(self, outputs, inputs, *args, **kwargs):
+        lane = self._current
+        result = self._real_grad(outputs, inputs, *args, **kwargs)
+        if self.tracking:
+            leaves = [t for t in ([inputs] if isinstance(inputs, torch.Tensor) else inputs) if t.is_leaf]
+            for owner in {self._accumulator_lane(t) for t in leaves} - {lane}:
+                self.pinned_grads += 1
+                owner.wait(lane.record())  # the accumulator's stream waits for the gradient ...
+                lane.wait(owner.record())  # ... and the call ends with this lane waiting for all of it
+        return result
 
     # -- the checks -------------------------------------------------------------------------------
     def _check_read(self, lane: SimLane, t: torch.Tensor, what: str) -> None:
@@ -142,8 +176,9 @@ class SimLanes(TorchDispatchMode):
             return func(*args, **kwargs)
         lane = self._current
         lane.clock[lane] += 1
-        lane.time += 1
-        lane.ops += 1
+        if not func.is_view:  # a view (detach, reshape, ...) launches no kernel: it costs no time
+            lane.time += 1
+            lane.ops += 1
         what = str(func)
         schema_args = func._schema.arguments
         flat_args = list(args) + [kwargs[a.name] for a in schema_args[len(args):] if a.name in kwargs]
@@ -162,6 +197,8 @@ class SimLanes(TorchDispatchMode):
         out = func(*args, **kwargs)
         input_keys = {_key(v) for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)}
         for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._born[id(t)] = (weakref.ref(t), lane)
             if isinstance(t, torch.Tensor) and t.numel() > 0:
                 k = _key(t)
                 if k not in input_keys:  # fresh memory (views and in-place results alias an input)

@@ -71,6 +71,44 @@ def test_float64_grads_equal_with_dropout_in_train_mode(depth):
     compare(model, x, rtol=1e-10)
 
 
+class ScaledSublayer(Sublayer):
+    """A sublayer that reads a side input of the stack (a per-position scale, as a mask would be)."""
+
+    def forward(self, x, scale):
+        return super().forward(x) * scale
+
+
+class TwoSideInputForwards(nn.Module):
+    """Two forwards of one stack with different side inputs, then one backward."""
+
+    def __init__(self, depth):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = ReversibleStack([ReversibleCoupling(ScaledSublayer(8, 0.2), ScaledSublayer(8, 0.2))
+                                     for _ in range(depth)]).double()
+
+    def forward(self, x, scale_a, scale_b):
+        a = torch.cat(self.body(x, x, scale_a.detach()), -1)  # constants, as masks are
+        b = torch.cat(self.body(x, x, scale_b.detach()), -1)
+        return torch.cat([a, 2 * b], -1)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_side_inputs_are_saved_with_each_forward(depth):
+    model = TwoSideInputForwards(depth).train()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    scales = (torch.rand(2, 5, 1, dtype=torch.float64), torch.rand(2, 5, 1, dtype=torch.float64))
+    ref = compare_modes(model, lambda m: set_backprop_mode(model, m), (x, *scales), loss_fn, rtol=1e-10)
+    assert set(ref) == {"input0"} | {n for n, _ in model.named_parameters()}  # side inputs get no grad
+
+
+def test_side_input_that_needs_a_gradient_is_refused():
+    stack = TwoSideInputForwards(1).body.train()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="side input 0 .* requires grad"):
+        stack(x, x, torch.rand(2, 5, 1, dtype=torch.float64, requires_grad=True))
+
+
 def test_dropout_masks_differ_between_blocks_and_calls():
     # Guard against a test that passes only because dropout draws nothing random.
     model = TwoStreamModel(make_stack(3, p=0.5)).train()

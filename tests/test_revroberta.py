@@ -54,6 +54,27 @@ def test_float64_grads_equal_backprop_with_dropout(depth, fusion, padded):
     assert ref["embeddings.word_embeddings.weight"].abs().sum() > 0
 
 
+class TwoMaskedForwards(nn.Module):
+    """Two forwards with different padding masks before one backward (gradient accumulation, two
+    losses): the recomputation of the first must see the first mask, not the latest."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask_a, mask_b):
+        return torch.cat([self.model(ids, mask_a), 2 * self.model(ids, mask_b)], -1)
+
+
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_two_forwards_with_different_masks_then_one_backward(global_pool):
+    model = TwoMaskedForwards(tiny_roberta(3, global_pool=global_pool).train())
+    ids, mask_a = token_batch(pad_from=5)
+    _, mask_b = token_batch(pad_from=9)
+    mask_b[1, 7:] = 0
+    compare_modes(model, model.model.set_backprop, (ids, mask_a, mask_b), loss_fn, rtol=1e-10)
+
+
 def test_dropout_is_live_in_train_mode():
     ids, _ = token_batch()
     assert_train_forward_is_stochastic(tiny_roberta(2), ids)

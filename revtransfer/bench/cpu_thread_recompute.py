@@ -24,14 +24,15 @@ from revtransfer.reversible.lanes import Lane
 
 
 def _threaded_backward(pool):
-    def run_backward(blocks, rngs, y1, y2, dy1, dy2, autocast, lanes, block_params):
+    def run_backward(blocks, rngs, y1, y2, dy1, dy2, side, autocast, lanes, wanted):
         # grads(i) draws no random numbers, so the worker may restore block i-1's RNG state meanwhile.
         n, lane = len(blocks), Lane()
         per_block = [None] * n
-        rec = schedule.recover(blocks[n - 1], rngs[n - 1], y1, y2, autocast, lane)
+        rec = schedule.recover(blocks[n - 1], rngs[n - 1], y1, y2, side, autocast, lane, wanted)
         for i in range(n - 1, -1, -1):
-            nxt = pool.submit(schedule.recover, blocks[i - 1], rngs[i - 1], rec.x1, rec.x2, autocast, lane) if i else None
-            dy1, dy2, f_grads, g_grads = schedule.grads(rec, dy1, dy2, *block_params[i])
+            nxt = (pool.submit(schedule.recover, blocks[i - 1], rngs[i - 1], rec.x1, rec.x2, side, autocast, lane, wanted)
+                   if i else None)
+            dy1, dy2, f_grads, g_grads = schedule.grads(rec, dy1, dy2)
             per_block[i] = (f_grads, g_grads)
             rec = nxt.result() if nxt else None
         return dy1, dy2, per_block

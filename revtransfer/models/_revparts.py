@@ -37,7 +37,7 @@ class MlpSublayer(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x, *side):  # side inputs of the stack (e.g. an attention mask) do not concern an MLP
         return self.drop_path(self.mlp(self.norm(x)))
 
 

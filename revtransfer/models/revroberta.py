@@ -20,10 +20,10 @@ Inputs: ``input_ids`` (B, L) int64 with L <= 512, optional ``attention_mask`` (B
 position). The model sets ``input_kind = "tokens"``, ``vocab_size`` and ``max_seq_len`` so callers
 (the benchmark) can build random token inputs.
 
-Padding mask and reversible backward: F's attention needs the mask when it is recomputed in
-backward, so the model keeps the mask of its latest forward for that. Under ``reprop``/``pareprop``
-run each backward before the next forward that uses a different mask (the usual training step;
-gradient accumulation forward/backward/forward/backward is fine).
+Padding mask and reversible backward: F's attention needs the mask again when it is recomputed
+in backward, so the mask is a side input of the reversible stack, saved with the stack's outputs
+(not state on the model): any number of forwards with different masks may precede one backward.
+The average pool takes the mask as an argument of ``forward_head`` for the same reason.
 """
 from __future__ import annotations
 
@@ -47,36 +47,25 @@ from ._revparts import (
 )
 
 
-class _MaskSlot:
-    """Holds the additive attention mask of the latest forward, shared by all attention sublayers
-    (so recomputation in backward sees the mask its forward used)."""
-
-    __slots__ = ("mask",)
-
-    def __init__(self):
-        self.mask = None
-
-
 class SelfAttentionSublayer(nn.Module):
     """F: LayerNorm -> multi-head self-attention (padding mask) -> dropout -> drop path."""
 
-    def __init__(self, dim, num_heads, mask_slot: _MaskSlot, attn_drop=0.0, proj_drop=0.0, drop_path=0.0,
-                 norm_layer=nn.LayerNorm):
+    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, drop_path=0.0, norm_layer=nn.LayerNorm):
         super().__init__()
         self.norm = norm_layer(dim)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self._mask_slot = mask_slot
 
-    def forward(self, x):
-        return self.drop_path(self.attn(self.norm(x), attn_mask=self._mask_slot.mask))
+    def forward(self, x, attn_mask=None):
+        """``attn_mask``: additive (B, 1, 1, L), the stack's side input (None: no padding)."""
+        return self.drop_path(self.attn(self.norm(x), attn_mask=attn_mask))
 
 
 class RevRobertaLayer(ReversibleCoupling):
-    def __init__(self, dim, num_heads, mask_slot, mlp_ratio=4.0, attn_drop=0.0, proj_drop=0.0, drop_path=0.0,
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, attn_drop=0.0, proj_drop=0.0, drop_path=0.0,
                  norm_layer=nn.LayerNorm):
         super().__init__(
-            f=SelfAttentionSublayer(dim, num_heads, mask_slot, attn_drop, proj_drop, drop_path, norm_layer),
+            f=SelfAttentionSublayer(dim, num_heads, attn_drop, proj_drop, drop_path, norm_layer),
             g=MlpSublayer(dim, mlp_ratio, (0.0, proj_drop), drop_path, norm_layer),
         )
 
@@ -145,12 +134,11 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
         self.embed_dim = embed_dim
         self.fusion = fusion
 
-        self._mask_slot = _MaskSlot()
         self.embeddings = RobertaEmbeddings(vocab_size, embed_dim, max_position_embeddings, type_vocab_size,
                                             pad_token_id, hidden_dropout, norm_layer)
         dpr = linspace(0.0, drop_path_rate, depth)
         self.blocks = ReversibleStack(
-            [RevRobertaLayer(embed_dim, num_heads, self._mask_slot, mlp_ratio, attn_dropout, hidden_dropout, dpr[i],
+            [RevRobertaLayer(embed_dim, num_heads, mlp_ratio, attn_dropout, hidden_dropout, dpr[i],
                              norm_layer) for i in range(depth)],
             mode=backprop,
         )
@@ -185,26 +173,28 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
         if input_ids.shape[1] > self.max_seq_len:
             raise ValueError(f"sequence length {input_ids.shape[1]} > {self.max_seq_len} positions")
         x = self.embeddings(input_ids, token_type_ids)
-        self._mask_slot.mask = self._additive_mask(attention_mask, x.dtype)
-        self._pool_mask = attention_mask
-        x1, x2 = self.blocks(x, x)
+        mask = self._additive_mask(attention_mask, x.dtype)
+        x1, x2 = self.blocks(x, x) if mask is None else self.blocks(x, x, mask)
         return self.fuse(x1, x2)
 
-    def forward_head(self, x, pre_logits: bool = False):
+    def forward_head(self, x, pre_logits: bool = False, attention_mask=None):
+        """``attention_mask`` (B, L): the "avg" pool averages over real tokens only."""
         if self.global_pool == "token":
             x = x[:, 0]
         elif self.global_pool == "avg":
-            mask = getattr(self, "_pool_mask", None)
-            if mask is None:
+            if attention_mask is None:
                 x = x.mean(dim=1)
             else:
-                m = mask.to(x.dtype).unsqueeze(-1)
+                m = attention_mask.to(x.dtype).unsqueeze(-1)
                 x = (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
         x = self.pre_logits(self.head_drop(x))
         if pre_logits:
             return x
         return self.head(self.head_drop(x))
 
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        x = self.forward_features(input_ids, attention_mask, token_type_ids)
+        return self.forward_head(x, attention_mask=attention_mask)
 
 
 def _cfg(**kwargs):

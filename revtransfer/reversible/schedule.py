@@ -3,8 +3,8 @@
 For block i with outputs (Y1, Y2) the backward does two things:
 
 * ``recover(i)``: with grad on detached leaves, recompute ``g = G(Y1)``, ``X2 = Y2 - g``,
-  ``f = F(X2)``, ``X1 = Y1 - f`` under block i's RNG and autocast state, keeping the small graphs
-  of g and f. (X1, X2) are block i-1's outputs.
+  ``f = F(X2)``, ``X1 = Y1 - f`` under block i's RNG and autocast state and the stack's side
+  inputs, keeping the small graphs of g and f. (X1, X2) are block i-1's outputs.
 * ``grads(i)``: push (dY1, dY2) through those graphs; parameter grads are collected and
   (dX1, dX2) becomes block i-1's (dY1, dY2).
 
@@ -18,14 +18,24 @@ step overlaps with the other lane's step:
     lane 1:            rec(n-2)    grads(n-2)  rec(n-4)   ...
 
 Any depth works: nothing pairs blocks up, the last block simply has no recover(i-1) to overlap.
+
+Parameters are differentiated through aliases made on the lane itself (:func:`lane_parameters`).
+A parameter's gradient accumulator node belongs to the stream it was created on, and the stack's
+forward created it on the main stream; differentiating the real parameter on the side lane makes
+autograd (torch >= 2.10) sync that lane with main's whole queue after every such call, which would
+serialise the half of the schedule that runs there.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch import nn
+from torch.func import functional_call
 
+from .coupling import uncouple
 from .lanes import Lane
 from .state import AutocastState, RNGState
 
@@ -38,48 +48,73 @@ class BlockRNG:
 
 
 @dataclass
+class _Graph:
+    """One sublayer's recomputed graph: its input leaf, its output, and the parameter leaves
+    (aliases) its gradients are taken against."""
+    leaf: torch.Tensor
+    out: torch.Tensor
+    params: list[torch.Tensor]
+
+
+@dataclass
 class _Recovered:
-    x1: torch.Tensor       # block inputs, detached: block i-1's outputs
+    x1: torch.Tensor  # block inputs, detached: block i-1's outputs
     x2: torch.Tensor
-    y1_leaf: torch.Tensor  # the leaves and outputs of the graphs of G and F
-    g_out: torch.Tensor
-    x2_leaf: torch.Tensor
-    f_out: torch.Tensor
+    g: _Graph
+    f: _Graph
     lane: Lane
-    done: object           # event: recover finished on its lane
+    done: object      # event: recover finished on its lane
 
 
-def _run(module, x, rng: RNGState | None):
-    if rng is None:
-        return module(x)
-    with rng.restored():
-        return module(x)
+def lane_parameters(module: nn.Module, wanted: set[int]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Aliases (same storage) of ``module``'s parameters, made on the current lane so that their
+    gradient accumulators are too. Those in ``wanted`` (ids) require grad and are returned as a list
+    in ``module.parameters()`` order; the rest are constants here."""
+    aliases, leaves = {}, []
+    for name, p in module.named_parameters():
+        alias = p.detach()
+        if id(p) in wanted:
+            leaves.append(alias.requires_grad_())
+        aliases[name] = alias
+    return aliases, leaves
 
 
-def recover(block, rng: BlockRNG, y1, y2, autocast: AutocastState, lane: Lane) -> _Recovered:
-    with lane.active(), torch.enable_grad(), autocast.restored():
-        y1_leaf = y1.detach().requires_grad_()
-        g_out = _run(block.g, y1_leaf, rng.g)
-        with torch.no_grad():
-            x2 = y2 - g_out
-        x2_leaf = x2.detach().requires_grad_()
-        f_out = _run(block.f, x2_leaf, rng.f)
-        with torch.no_grad():
-            x1 = y1 - f_out
-        return _Recovered(x1, x2, y1_leaf, g_out, x2_leaf, f_out, lane, lane.record())
+def _record(module: nn.Module, rng: RNGState | None, side: tuple, wanted: set[int]):
+    """``module`` as a sublayer for :func:`uncouple` that records its graph against fresh leaves."""
+    graph = []
+
+    def run(x):
+        with torch.enable_grad():
+            aliases, leaves = lane_parameters(module, wanted)
+            leaf = x.detach().requires_grad_()
+            with rng.restored() if rng is not None else contextlib.nullcontext():
+                out = functional_call(module, aliases, (leaf, *side))
+        graph.append(_Graph(leaf, out, leaves))
+        return out
+
+    return run, graph
 
 
-def _grad(output, leaf, params, grad_output):
-    grads = torch.autograd.grad(output, (leaf, *params), grad_output, allow_unused=True)
+def recover(block, rng: BlockRNG, y1, y2, side: tuple, autocast: AutocastState, lane: Lane,
+            wanted: set[int]) -> _Recovered:
+    with lane.active(), autocast.restored(), torch.no_grad():
+        f, f_graph = _record(block.f, rng.f, side, wanted)
+        g, g_graph = _record(block.g, rng.g, side, wanted)
+        x1, x2 = uncouple(f, g, y1, y2)  # the subtractions stay out of the graphs (no_grad)
+        return _Recovered(x1, x2, g_graph[0], f_graph[0], lane, lane.record())
+
+
+def _grad(graph: _Graph, grad_output):
+    grads = torch.autograd.grad(graph.out, (graph.leaf, *graph.params), grad_output, allow_unused=True)
     return grads[0], list(grads[1:])
 
 
-def grads(rec: _Recovered, dy1, dy2, f_params, g_params):
-    """Returns dX1, dX2 and the grads of (f_params, g_params); frees the block's graphs."""
+def grads(rec: _Recovered, dy1, dy2):
+    """Returns dX1, dX2 and the grads of the block's wanted (F, G) parameters; frees its graphs."""
     with rec.lane.active():
-        d_y1_via_g, g_grads = _grad(rec.g_out, rec.y1_leaf, g_params, dy2)
+        d_y1_via_g, g_grads = _grad(rec.g, dy2)
         dy1_total = dy1 if d_y1_via_g is None else dy1 + d_y1_via_g
-        d_x2_via_f, f_grads = _grad(rec.f_out, rec.x2_leaf, f_params, dy1_total)
+        d_x2_via_f, f_grads = _grad(rec.f, dy1_total)
         dx2 = dy2 if d_x2_via_f is None else dy2 + d_x2_via_f
     return dy1_total, dx2, f_grads, g_grads
 
@@ -91,12 +126,15 @@ def run_backward(
     y2: torch.Tensor,
     dy1: torch.Tensor,
     dy2: torch.Tensor,
+    side: tuple,
     autocast: AutocastState,
     lanes: Sequence[Lane],
-    block_params: Sequence[tuple[list, list]],
+    wanted: set[int],
 ):
     """Backward through the stack. ``lanes[0]`` is the caller's lane (current stream); with one lane
-    this is reprop, with two it is pareprop. Returns dX1, dX2 and per-block (f_grads, g_grads)."""
+    this is reprop, with two it is pareprop. ``wanted``: ids of the parameters whose grads are
+    needed. Returns dX1, dX2 and per block the grads of its wanted F and G parameters, in
+    ``parameters()`` order."""
     n = len(blocks)
     main = lanes[0]
     lookahead = len(lanes) > 1
@@ -104,24 +142,30 @@ def run_backward(
     def lane_of(i):
         return lanes[(n - 1 - i) % len(lanes)]
 
+    def recover_after(rec: _Recovered, i: int) -> _Recovered:
+        lane = lane_of(i)
+        lane.wait(rec.done)
+        lane.adopt(rec.x1, rec.x2)
+        return recover(blocks[i], rngs[i], rec.x1, rec.x2, side, autocast, lane, wanted)
+
     for lane in lanes[1:]:  # side lanes start after the forward's outputs and the incoming grads
         lane.wait(main.record())
 
     per_block = [None] * n
-    rec = recover(blocks[n - 1], rngs[n - 1], y1, y2, autocast, lane_of(n - 1))
+    rec = recover(blocks[n - 1], rngs[n - 1], y1, y2, side, autocast, lane_of(n - 1), wanted)
     grads_done = None
     for i in range(n - 1, -1, -1):
         nxt = None
         if lookahead and i > 0:  # queue block i-1's recompute before block i's grads
-            nxt = _recover_after(blocks, rngs, rec, i - 1, autocast, lane_of(i - 1))
+            nxt = recover_after(rec, i - 1)
         lane = rec.lane
         lane.wait(grads_done)
         lane.adopt(dy1, dy2)
-        dy1, dy2, f_grads, g_grads = grads(rec, dy1, dy2, *block_params[i])
+        dy1, dy2, f_grads, g_grads = grads(rec, dy1, dy2)
         grads_done = lane.record()
         per_block[i] = (lane, f_grads, g_grads)
         if not lookahead and i > 0:
-            nxt = _recover_after(blocks, rngs, rec, i - 1, autocast, lane_of(i - 1))
+            nxt = recover_after(rec, i - 1)
         rec = nxt
 
     # Join: the caller's lane waits for every side lane, and adopts what they produced.
@@ -132,9 +176,3 @@ def run_backward(
         if lane != main:
             main.adopt(*f_grads, *g_grads)
     return dy1, dy2, [(f, g) for _, f, g in per_block]
-
-
-def _recover_after(blocks, rngs, rec: _Recovered, i, autocast, lane: Lane) -> _Recovered:
-    lane.wait(rec.done)
-    lane.adopt(rec.x1, rec.x2)
-    return recover(blocks[i], rngs[i], rec.x1, rec.x2, autocast, lane)

@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .coupling import ReversibleCoupling
+from .coupling import ReversibleCoupling, couple
 from .lanes import lanes_for
 from .schedule import BlockRNG, run_backward
 from .state import AutocastState, RNGState, _cuda_devices
@@ -21,54 +21,61 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def _snapshotting(module: nn.Module, side: tuple, snapshots: list, devices: list[int] | None):
+    """``module`` as a sublayer for :func:`couple` that first snapshots the RNG state it will draw
+    from (``devices`` None: no snapshots, the stack does not preserve RNG state)."""
+    def run(x):
+        snapshots.append(RNGState.capture(devices) if devices is not None else None)
+        return module(x, *side)
+    return run
+
+
 class _ReversibleStackFunction(torch.autograd.Function):
-    """Forward without a graph, keeping only the last outputs (plus per-block RNG snapshots);
-    backward reconstructs each block's inputs from its outputs."""
+    """Forward without a graph, keeping only the last outputs, the side inputs and per-block RNG
+    snapshots; backward reconstructs each block's inputs from its outputs."""
 
     @staticmethod
-    def forward(ctx, stack: "ReversibleStack", x1, x2, *params):
-        devices = _cuda_devices((x1, x2))
+    def forward(ctx, stack: "ReversibleStack", num_side: int, x1, x2, *side_and_params):
+        side = side_and_params[:num_side]
+        devices = _cuda_devices((x1, x2)) if stack.preserve_rng_state else None
         rngs = []
         with torch.no_grad():
             for block in stack.blocks:
-                rng_f = RNGState.capture(devices) if stack.preserve_rng_state else None
-                f_out = block.f(x2)
-                x1 = x1 + f_out
-                rng_g = RNGState.capture(devices) if stack.preserve_rng_state else None
-                x2 = x2 + block.g(x1)
-                rngs.append(BlockRNG(rng_f, rng_g))
+                snapshots = []
+                x1, x2 = couple(_snapshotting(block.f, side, snapshots, devices),
+                                _snapshotting(block.g, side, snapshots, devices), x1, x2)
+                rngs.append(BlockRNG(*snapshots))
         ctx.stack = stack
         ctx.mode = stack.mode
         ctx.rngs = rngs
+        ctx.num_side = num_side
         ctx.autocast = AutocastState.capture()
-        ctx.save_for_backward(x1, x2)
+        ctx.save_for_backward(x1, x2, *side)
         return x1, x2
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy1, dy2):
-        y1, y2 = ctx.saved_tensors
+        y1, y2, *side = ctx.saved_tensors
         stack = ctx.stack
         flat_params = stack._flat_params
-        wanted = {id(p) for p, need in zip(flat_params, ctx.needs_input_grad[3:]) if need}
-        block_params = [
-            ([p for p in b.f.parameters() if id(p) in wanted], [p for p in b.g.parameters() if id(p) in wanted])
-            for b in stack.blocks
-        ]
-        dx1, dx2, per_block = run_backward(
-            stack.blocks, ctx.rngs, y1, y2, dy1, dy2, ctx.autocast, lanes_for(ctx.mode, y1.device), block_params
-        )
+        first_param = 4 + ctx.num_side  # after stack, num_side, x1, x2 and the side inputs
+        wanted = {id(p) for p, need in zip(flat_params, ctx.needs_input_grad[first_param:]) if need}
+        dx1, dx2, per_block = run_backward(stack.blocks, ctx.rngs, y1, y2, dy1, dy2, tuple(side), ctx.autocast,
+                                           lanes_for(ctx.mode, y1.device), wanted)
         # Parameter grads are returned rather than accumulated into .grad inside this backward: that
         # keeps autograd.grad / backward(inputs=...) exact and DDP's per-iteration hooks valid. With
         # .grad None at the step's start (zero_grad(set_to_none=True)) autograd adopts these tensors
         # as .grad, so they cost no memory beyond the grads every training step holds.
         # Sum per-block grads into one slot per parameter (a parameter may be shared by blocks).
         total: dict[int, torch.Tensor] = {}
-        for (f_params, g_params), (f_grads, g_grads) in zip(block_params, per_block):
+        for block, (f_grads, g_grads) in zip(stack.blocks, per_block):
+            f_params = [p for p in block.f.parameters() if id(p) in wanted]
+            g_params = [p for p in block.g.parameters() if id(p) in wanted]
             for p, g in zip(f_params + g_params, f_grads + g_grads):
                 if g is not None:
                     total[id(p)] = g if id(p) not in total else total[id(p)] + g
-        return (None, dx1, dx2, *[total.get(id(p)) for p in flat_params])
+        return (None, None, dx1, dx2, *[None] * ctx.num_side, *[total.get(id(p)) for p in flat_params])
 
 
 class ReversibleStack(nn.Module):
@@ -78,6 +85,10 @@ class ReversibleStack(nn.Module):
     (stores only the stack's outputs; inputs reconstructed block by block in backward) or
     ``"pareprop"`` (as reprop, with block i-1's reconstruction overlapped with block i's gradient
     computation on a second CUDA stream). Eval mode and ``torch.no_grad()`` run the plain blocks.
+
+    ``stack(x1, x2, *side)``: side inputs (masks, tables) are handed to every F and G after the
+    stream and saved for backward with the stack's outputs. They are constants of the stack: one
+    that needs a gradient belongs inside F or G as a parameter or module.
     """
 
     def __init__(self, blocks: Iterable[ReversibleCoupling], mode: str = "pareprop", preserve_rng_state: bool = True):
@@ -95,20 +106,26 @@ class ReversibleStack(nn.Module):
     def _flat_params(self) -> list[nn.Parameter]:
         return list(self.blocks.parameters())  # deduplicated by nn.Module
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, *side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for i, s in enumerate(side):
+            if not isinstance(s, torch.Tensor):
+                raise TypeError(f"side input {i} of a reversible stack is a {type(s).__name__}, not a tensor")
+            if s.requires_grad:
+                raise ValueError(f"side input {i} of a reversible stack requires grad; side inputs are constants "
+                                 "(masks, tables): compute one that needs a gradient inside F or G")
         if self.mode != "backprop" and self.training and torch.is_grad_enabled():
             params = self._flat_params  # walked once per call: it is on every training step
             if x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in params):
-                return _ReversibleStackFunction.apply(self, x1, x2, *params)
+                return _ReversibleStackFunction.apply(self, len(side), x1, x2, *side, *params)
         for block in self.blocks:
-            x1, x2 = block(x1, x2)
+            x1, x2 = block(x1, x2, *side)
         return x1, x2
 
     @torch.no_grad()
-    def inverse(self, y1: torch.Tensor, y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, y1: torch.Tensor, y2: torch.Tensor, *side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct the stack's inputs from its outputs (as backward does)."""
         for block in reversed(self.blocks):
-            y1, y2 = block.inverse(y1, y2)
+            y1, y2 = block.inverse(y1, y2, *side)
         return y1, y2
 
     def extra_repr(self) -> str:
