@@ -93,8 +93,8 @@ def _bench(out: Path) -> None:
     from revtransfer.atomic import atomic_write_json
     from revtransfer.provenance import provenance
 
-    records = run_benchmark("revvit_micro", ["backprop", "reprop", "pareprop"], BENCH_BATCH_SIZES, steps=BENCH_STEPS,
-                            warmup=BENCH_WARMUP, device="cpu", model_kwargs=BENCH_KWARGS)
+    records, _ = run_benchmark("revvit_micro", ["backprop", "reprop", "pareprop"], BENCH_BATCH_SIZES, steps=BENCH_STEPS,
+                               warmup=BENCH_WARMUP, device="cpu", model_kwargs=BENCH_KWARGS)
     click.echo(format_table(records), err=True)
     cmd = ["revtransfer", "bench", "--model", "revvit_micro", "--batch-sizes", ",".join(map(str, BENCH_BATCH_SIZES)),
            "--steps", str(BENCH_STEPS), "--warmup", str(BENCH_WARMUP), "--device", "cpu"] + sum((["--model-kw", f"{k}={v}"] for k, v in BENCH_KWARGS.items()), [])

@@ -46,43 +46,146 @@ def test_reconstruction_error_small_in_float32_and_tiny_in_float64():
     assert f64[0]["max_rel_error"] < 1e-13 < f32[1]["max_rel_error"]
 
 
-def test_gpu_plan_gradient_check_runs_the_device_independent_part():
-    from revtransfer.bench.gpu_plan import PLAN, gradient_check
+def test_gpu_plan_gradient_checks_run_the_device_independent_part():
+    from revtransfer.bench.gpu_plan import BF16_RTOL, PLAN, gradient_check
 
-    errs = gradient_check("cpu")
-    assert len(errs) == 8 and max(errs.values()) <= 1e-10
+    float64 = gradient_check("cpu")
+    assert len(float64) == 8 and max(float64.values()) <= 1e-10
+    bf16 = gradient_check("cpu", amp="bf16")  # dropout on, under autocast: the masks must match too
+    assert len(bf16) == 8 and max(bf16.values()) <= BF16_RTOL
     assert {m for jobs in PLAN.values() for _, m, _, _ in jobs} >= {"revvit_base", "revswin_tiny", "revmvit_tiny",
                                                                    "revroberta_base"}
 
 
 def test_gpu_plan_continues_where_an_earlier_call_stopped(tmp_path):
-    from revtransfer.bench.gpu_plan import PLAN, jobs_to_run, should_start
+    import json
 
-    every = jobs_to_run(list(PLAN), "h100", [tmp_path])
+    from revtransfer.bench.gpu_plan import PLAN, jobs_to_run, load_done, should_start
+
+    every = jobs_to_run(list(PLAN), load_done("h100", [tmp_path]))
     assert every[0][0] == "checks" and len(every) == sum(len(j) for j in PLAN.values())
-    (tmp_path / "h100_checks.json").write_text("{}")
-    (tmp_path / "h100_revvit_base.json").write_text("{}")
-    (tmp_path / "h200_revvit_large.json").write_text("{}")  # another device's figures do not count
-    left = [stem for stem, *_ in jobs_to_run(["check", "vit"], "h100", [tmp_path / "none", tmp_path])]
-    assert left == ["revvit_large"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rec = dict(model="revvit_large", mode="backprop", batch_size=8, status="ok")
+    (tmp_path / "a" / "h100_gpu_plan.json").write_text(json.dumps({"jobs": {
+        "checks": {"complete": True, "records": []},
+        "revvit_base": {"complete": True, "records": []},
+        "revvit_large": {"complete": False, "records": [rec]}}}))
+    (tmp_path / "b" / "h200_gpu_plan.json").write_text(json.dumps({"jobs": {  # another device's do not count
+        "revvit_large": {"complete": True, "records": []}}}))
+    done = load_done("h100", [tmp_path / "none", tmp_path / "a", tmp_path / "b"])
+    assert [job[0] for job in jobs_to_run(["check", "vit"], done)] == ["revvit_large"]
+    assert done["revvit_large"]["records"] == [rec]  # a partial job resumes from its records
     assert should_start(0.0, 0.0, 540) and should_start(300.0, 200.0, 540)
     assert not should_start(400.0, 200.0, 540)
 
 
-def test_gpu_plan_writes_one_json_per_job_and_skips_it_next_time(tmp_path, monkeypatch, capsys):
+TINY_VIT = dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2)
+
+
+def _tiny_plan(n_jobs):
+    return {"check": [("checks", None, [], {})],
+            "vit": [(f"tiny{i}", "revvit_micro", [2, 4], {"model_kwargs": TINY_VIT}) for i in range(n_jobs)]}
+
+
+def _plan_argv(out, budget=1e6):
+    return ["--out", str(out), "--device", "cpu", "--amp", "none", "--steps", "1", "--warmup", "0",
+            "--time-budget-s", str(budget)]
+
+
+def test_gpu_plan_writes_one_file_and_skips_what_it_measured(tmp_path, monkeypatch, capsys):
+    """The device hands back at most 8 files: the whole plan (checks + 9 jobs) is one JSON, which
+    reads as a bench JSON, and a second call measures nothing again."""
     import json
 
     from revtransfer.bench import gpu_plan
+    from revtransfer.report.tables import load_bench
 
-    tiny = dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2)
-    monkeypatch.setattr(gpu_plan, "PLAN", {"vit": [("tiny", "revvit_micro", [2], {"model_kwargs": tiny})]})
-    argv = ["--group", "vit", "--out", str(tmp_path), "--device", "cpu", "--amp", "none", "--steps", "1", "--warmup", "0"]
-    assert gpu_plan.main(argv) == 0
-    written = json.loads((tmp_path / "cpu_tiny.json").read_text())
-    assert {r["mode"] for r in written["records"]} >= {"backprop", "reprop", "pareprop"}
+    monkeypatch.setattr(gpu_plan, "PLAN", _tiny_plan(9))
+    monkeypatch.setattr(gpu_plan, "run_checks", lambda device: {"passed": True, "reconstruction_fp32": []})
+    assert gpu_plan.main(_plan_argv(tmp_path)) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["cpu_gpu_plan.json"]
+    written = json.loads((tmp_path / "cpu_gpu_plan.json").read_text())
     assert written["meta"]["plan"] == "revtransfer.bench.gpu_plan"
-    assert gpu_plan.main(argv) == 0
+    assert all(job["complete"] for job in written["jobs"].values()) and len(written["jobs"]) == 10
+    bench, _, _ = load_bench([tmp_path / "cpu_gpu_plan.json"])
+    assert len(bench) == 9 * 4 * 2 and set(bench["mode"]) == {"backprop", "reprop", "pareprop", "vanilla"}
+    assert gpu_plan.main(_plan_argv(tmp_path)) == 0
     assert "0 job(s) to run" in capsys.readouterr().out
+
+
+def test_gpu_plan_budget_is_required(capsys):
+    import pytest
+
+    from revtransfer.bench import gpu_plan
+
+    with pytest.raises(SystemExit):
+        gpu_plan.main(["--out", "x", "--device", "cpu"])
+    assert "--time-budget-s" in capsys.readouterr().err
+
+
+class _FakeClock:
+    """Each measurement takes 10 fake seconds; nothing else takes time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_gpu_plan_stops_at_its_deadline_keeping_partial_records(tmp_path, monkeypatch):
+    import json
+
+    from revtransfer.bench import gpu_plan, throughput
+
+    clock = _FakeClock()
+    real_bench_one = throughput.bench_one
+    measured = []
+
+    def bench_one(model, name, mode, bs, *args, **kwargs):
+        clock.now += 10
+        measured.append((name, mode, bs))
+        return real_bench_one(model, name, mode, bs, *args, **kwargs)
+
+    monkeypatch.setattr(throughput, "bench_one", bench_one)
+    monkeypatch.setattr(gpu_plan, "now", clock)
+    monkeypatch.setattr(gpu_plan, "_STARTED", 0.0)
+    monkeypatch.setattr(gpu_plan, "PLAN", {"vit": _tiny_plan(1)["vit"]})
+    # 6 measurements of 10 s (3 modes x 2 batch sizes; revvit_micro's reference is vit_micro: 2 more)
+    assert gpu_plan.main(_plan_argv(tmp_path, budget=45)) == 0
+    job = json.loads((tmp_path / "cpu_gpu_plan.json").read_text())["jobs"]["tiny0"]
+    assert not job["complete"] and 2 <= len(job["records"]) == len(measured) <= 4
+    first = list(measured)
+    clock.now = 0.0
+    assert gpu_plan.main(_plan_argv(tmp_path)) == 0
+    job = json.loads((tmp_path / "cpu_gpu_plan.json").read_text())["jobs"]["tiny0"]
+    assert job["complete"] and len(job["records"]) == 8
+    assert not set(measured[len(first):]) & set(first)  # nothing measured twice
+
+
+def test_gpu_plan_survives_a_workspace_error(tmp_path, monkeypatch):
+    """cuBLAS/cuDNN workspace failures are RuntimeErrors, not OutOfMemoryError: that batch size
+    counts as out of memory, and the plan goes on."""
+    import json
+
+    from revtransfer.bench import gpu_plan
+    from revtransfer.models.revvit import RevViT
+
+    real = RevViT.forward_features
+
+    def forward_features(self, x):
+        if x.shape[0] >= 4 and self.backprop == "reprop":
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        return real(self, x)
+
+    monkeypatch.setattr(RevViT, "forward_features", forward_features)
+    monkeypatch.setattr(gpu_plan, "PLAN", {"vit": _tiny_plan(2)["vit"]})
+    assert gpu_plan.main(_plan_argv(tmp_path)) == 0
+    jobs = json.loads((tmp_path / "cpu_gpu_plan.json").read_text())["jobs"]
+    assert all(job["complete"] for job in jobs.values())
+    status = {(r["mode"], r["batch_size"]): r["status"] for r in jobs["tiny1"]["records"]}
+    assert status[("reprop", 4)] == "oom" and status[("pareprop", 4)] == "ok"
 
 
 def test_cpu_thread_recompute_variant_is_exact():

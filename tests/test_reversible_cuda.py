@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import revtransfer
-from helpers import compare_modes
+from helpers import assert_same_grads, assert_train_forward_is_stochastic, compare_modes
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -46,6 +46,31 @@ def test_cuda_autocast_grads_close(dtype):
     for mode in ("reprop", "pareprop"):
         got = run(mode)
         assert ((got - ref).abs().max() / ref.abs().max()).item() < 5e-2
+
+
+def test_cuda_bf16_autocast_grads_with_dropout_close():
+    """Under bf16 autocast attention runs fused, with its own dropout (Philox, seeded from the CUDA
+    generator): recomputation must redraw the forward's masks there too, and the drop path ones."""
+    from revtransfer.bench.gpu_plan import BF16_RTOL
+
+    m = model(4, proj_drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    y = torch.arange(8, device="cuda") % 5
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert_train_forward_is_stochastic(m, x)
+
+    def run(mode):
+        m.set_backprop(mode)
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # reseed before each run: every mode draws the same masks in forward
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = m(x)
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    ref = run("backprop")
+    for mode in ("reprop", "pareprop"):
+        assert_same_grads(run(mode), ref, BF16_RTOL, f"{mode}, bf16 autocast with dropout")
 
 
 def _activation_bytes(depth, mode):

@@ -64,8 +64,8 @@ def bench(model_name, modes, batch_sizes, steps, warmup, device, amp, reference,
         what = "OOM" if rec.status == "oom" else f"{rec.samples_per_s:.1f} samples/s"
         click.echo(f"  {rec.model} {rec.mode} bs={rec.batch_size}: {what}", err=True)
 
-    records = run_benchmark(model_name, mode_list, _ints(batch_sizes), steps, warmup, device, amp, reference,
-                            _kwargs(model_kw), seq_len, progress)
+    records, _ = run_benchmark(model_name, mode_list, _ints(batch_sizes), steps, warmup, device, amp, reference,
+                               _kwargs(model_kw), seq_len, progress)
     click.echo(format_table(records))
     if out:
         meta = provenance(resolved_command(click.get_current_context()))

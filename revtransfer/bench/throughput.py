@@ -64,6 +64,8 @@ class BenchRecord:
     amp: str = "none"
     input_shape: list[int] | None = None
     num_params: int | None = None
+    reference_for: str | None = None  # a "vanilla" row: the reversible model it is the reference of
+    error: str | None = None  # why a batch size counted as out of memory (allocator, cuBLAS/cuDNN workspace)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +134,17 @@ def _saved_bytes(model, step) -> int:
     return sum(seen.values())
 
 
+# Failures that mean "this batch size does not fit", raised as plain RuntimeErrors by cuBLAS/cuDNN
+# when their workspace cannot be allocated, besides the caching allocator's OutOfMemoryError.
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                           "CUBLAS_STATUS_NOT_INITIALIZED", "CUDNN_STATUS_NOT_INITIALIZED", "workspace")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and any(m in str(err) for m in _OUT_OF_MEMORY_MESSAGES))
+
+
 def bench_one(model: nn.Module, name: str, mode: str, batch_size: int, steps: int, warmup: int, device: torch.device,
               amp: str = "none", seq_len: int | None = None) -> BenchRecord:
     if is_reversible(model):
@@ -183,10 +196,14 @@ def bench_one(model: nn.Module, name: str, mode: str, batch_size: int, steps: in
                     model.zero_grad(set_to_none=True)
             rec.peak_rss_growth_bytes = rss.growth
             rec.activation_bytes = _saved_bytes(model, step)
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
         rec.status = "oom"
+        rec.error = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
         return rec
     rec.step_ms_all = [round(t, 4) for t in times]
     rec.step_ms_median = statistics.median(times)
@@ -195,11 +212,35 @@ def bench_one(model: nn.Module, name: str, mode: str, batch_size: int, steps: in
     return rec
 
 
+class _Predictor:
+    """Guesses how long a (mode, batch size) measurement will take from those already made: the
+    longest one at that batch size in another mode, or the mode's last one scaled by batch size."""
+
+    def __init__(self):
+        self.by_batch: dict[int, float] = {}
+        self.last: tuple[int, float] | None = None
+
+    def add(self, batch_size: int, seconds: float) -> None:
+        self.by_batch[batch_size] = max(self.by_batch.get(batch_size, 0.0), seconds)
+        self.last = (batch_size, seconds)
+
+    def __call__(self, batch_size: int) -> float:
+        guess = self.by_batch.get(batch_size, 0.0)
+        if self.last is not None:
+            guess = max(guess, self.last[1] * batch_size / self.last[0])
+        return guess
+
+
 def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: int = 3, device="cpu",
                   amp: str = "none", reference: str | None = "auto", model_kwargs: dict | None = None,
-                  seq_len: int | None = None, progress=None):
+                  seq_len: int | None = None, progress=None, deadline: float | None = None, done=(),
+                  clock=time.monotonic):
     """Benchmark ``model_name`` in each mode at each batch size (stopping a mode at its first OOM),
-    plus the non-reversible reference model in its only mode ("vanilla")."""
+    plus the non-reversible reference model in its only mode ("vanilla").
+
+    ``done``: records (dicts) of an earlier, interrupted run: their configurations are not measured
+    again. ``deadline`` (on ``clock``): no measurement is started that would likely end after it.
+    Returns ``(records, complete)``: the new records, and whether every configuration was covered."""
     device = torch.device(device)
     model_kwargs = model_kwargs or {}
     if amp not in AMP_DTYPES:
@@ -209,15 +250,34 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
     jobs = [(model_name, m) for m in modes]
     if reference:
         jobs.append((reference, "vanilla"))
+    earlier = {(r["model"], r["mode"], r["batch_size"]): r["status"] for r in done}
+    predict = _Predictor()
     records = []
     for name, mode in jobs:
+        todo = []
+        for bs in batch_sizes:
+            status = earlier.get((name, mode, bs))
+            if status == "oom":
+                todo = []
+                break
+            if status is None:
+                todo.append(bs)
+        if not todo:
+            continue
+        started = clock()
         torch.manual_seed(0)
         kwargs = model_kwargs if mode != "vanilla" else _reference_kwargs(model_kwargs)
         model = create_model(name, **kwargs).to(device)
         if not is_reversible(model) and mode != "vanilla":
             raise ValueError(f"{name} is not reversible: it has no backward mode {mode!r}")
-        for bs in batch_sizes:
+        for bs in todo:
+            if deadline is not None and clock() + predict(bs) > deadline:
+                return records, False
             rec = bench_one(model, name, mode, bs, steps, warmup, device, amp, seq_len)
+            if mode == "vanilla":
+                rec.reference_for = model_name
+            predict.add(bs, clock() - started)  # the first one of a mode includes building the model
+            started = clock()
             records.append(rec)
             if progress:
                 progress(rec)
@@ -226,7 +286,7 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return records
+    return records, True
 
 
 def format_table(records) -> str:

@@ -140,6 +140,8 @@ def bench_summary(bench: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (source, model), g in ok[ok["mode"] != "vanilla"].groupby(["source", "model"]):
         ref = ok[(ok["source"] == source) & (ok["mode"] == "vanilla")]
+        if "reference_for" in ref and ref["reference_for"].notna().any():  # one file, several models
+            ref = ref[ref["reference_for"] == model]
         by_mode = {m: gm.set_index("batch_size")["samples_per_s"] for m, gm in g.groupby("mode")}
         row = {"source": source, "model": model, "device": g["device_name"].iloc[0]}
         if "pareprop" in by_mode and "reprop" in by_mode:
