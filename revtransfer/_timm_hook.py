@@ -17,6 +17,8 @@ _MODELS = "revtransfer.models"
 
 
 class _RegisterAfterLoad(importlib.abc.Loader):
+    """timm's own loader, then our registration; everything else is timm's loader's."""
+
     def __init__(self, loader):
         self._loader = loader
 
@@ -25,18 +27,34 @@ class _RegisterAfterLoad(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
+        _remove_hook()  # timm is in sys.modules now; nothing more to intercept
         importlib.import_module(_MODELS)
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ...: as timm's loader
+        return getattr(self._loader, name)
 
 
 class _TimmImportHook(importlib.abc.MetaPathFinder):
+    """Finds timm with the other finders and wraps its loader. It stays installed until timm has
+    actually been executed: probing (``importlib.util.find_spec("timm")``) must not consume it."""
+
+    _finding = False
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "timm":
+        if fullname != "timm" or self._finding:
             return None
-        sys.meta_path.remove(self)  # one shot; and lets find_spec below use the real finders
-        spec = importlib.util.find_spec("timm")
-        if spec is not None and spec.loader is not None:
+        self._finding = True  # the other finders, not this one again
+        try:
+            spec = importlib.util.find_spec("timm")
+        finally:
+            self._finding = False
+        if spec is not None and spec.loader is not None and not isinstance(spec.loader, _RegisterAfterLoad):
             spec.loader = _RegisterAfterLoad(spec.loader)
         return spec
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TimmImportHook)]
 
 
 def install() -> None:

@@ -8,7 +8,14 @@
   parameters; Rev-MViT's default). After the transition the streams restart as I1 = I2.
 * :class:`TerminationFusion` is RevViT's end of the network: ``"concat"`` (concat, LayerNorm(2C),
   so ``num_features`` is 2C) or ``"avg"`` (mean of the streams, LayerNorm(C)).
-* :class:`ReversibleModelMixin` gives the ``backprop`` property and ``set_backprop``.
+* :class:`ReversibleModelMixin` gives the ``backprop`` property and ``set_backprop``, timm's
+  classifier conventions, ``set_grad_checkpointing`` (mapped onto the backward modes) and the
+  stage-wise ``forward_intermediates`` of the hierarchical models.
+
+What an intermediate feature of a reversible model is: a block (or stage) has two output streams,
+so its feature map is the two streams merged as the network's end merges them (:func:`merge_streams`:
+concat, 2C channels, or their mean, C), before the final norm; ``norm=True`` applies that norm
+where it fits (every block of RevViT; the last stage of RevSwin / RevMViT, as timm's Swin does).
 """
 from __future__ import annotations
 
@@ -58,21 +65,47 @@ class StreamFusion(nn.Module):
         return f"kind={self.kind!r}"
 
 
+def merge_streams(x1: torch.Tensor, x2: torch.Tensor, kind: str) -> torch.Tensor:
+    """The two streams as one tensor, as the termination fusion merges them (before its norm)."""
+    return torch.cat([x1, x2], dim=-1) if kind == "concat" else (x1 + x2) * 0.5
+
+
+def fused_width(dim: int, kind: str) -> int:
+    return dim * (2 if kind == "concat" else 1)
+
+
 class TerminationFusion(nn.Module):
     """Two streams (..., C) -> features (..., C') at the end of the network, then LayerNorm(C')."""
 
     def __init__(self, dim: int, kind: str = "concat", norm_layer=nn.LayerNorm):
         super().__init__()
         self.kind = check_fusion(kind)
-        self.num_features = dim * (2 if kind == "concat" else 1)
+        self.num_features = fused_width(dim, kind)
         self.norm = norm_layer(self.num_features)
 
     def forward(self, x1, x2):
-        x = torch.cat([x1, x2], dim=-1) if self.kind == "concat" else (x1 + x2) * 0.5
-        return self.norm(x)
+        return self.norm(merge_streams(x1, x2, self.kind))
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+
+def take_indices(n: int, indices=None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices``: ``None`` all of ``n``, an int the last n, a sequence those
+    (negative from the end). Returns the sorted indices and the largest."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"last-n indices {indices} out of range 1..{n}")
+        take = list(range(n - indices, n))
+    else:
+        take = sorted({i % n if -n <= i < n else _out_of_range(i, n) for i in indices})
+    return take, max(take)
+
+
+def _out_of_range(i: int, n: int):
+    raise ValueError(f"feature index {i} out of range for {n} features")
 
 
 def check_stage_depths(depths) -> tuple[int, ...]:
@@ -128,6 +161,63 @@ class ReversibleModelMixin:
 
     def set_backprop(self, mode: str) -> None:
         set_backprop_mode(self, mode)
+
+    # --- timm's memory switch, mapped onto the backward modes ---------------------------------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing trades compute for activation memory; a reversible model does that
+        by design: ``reprop``/``pareprop`` keep no activations per block and recompute them from the
+        stack's outputs, which is cheaper than checkpointing (no stored segment inputs). So enabling
+        it selects ``pareprop`` (unless ``reprop`` is already set) and disabling it ``backprop``."""
+        if not enable:
+            self.set_backprop("backprop")
+        elif self.backprop == "backprop":
+            self.set_backprop("pareprop")
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return "backprop" not in self.backprop.split(",")
+
+    # --- timm's layer groups (layer-wise lr decay) -----------------------------------------------------
+    @staticmethod
+    def _block_group_matcher(stem: str, blocks: str, head: str) -> dict:
+        """One reversible stack ``blocks.(i)``: a group per block."""
+        return dict(stem=stem, blocks=[(blocks + r"\.(\d+)", None), (head, (99999,))])
+
+    @staticmethod
+    def _stage_group_matcher(stem: str, head: str, coarse: bool) -> dict:
+        """Stages ``layers.stages.(k)`` (stacks and transitions): a group per stage, or per block
+        of a stack with the transition before it as its own group."""
+        if coarse:
+            return dict(stem=stem, blocks=[(r"^layers\.stages\.(\d+)", None), (head, (99999,))])
+        return dict(stem=stem, blocks=[(r"^layers\.stages\.(\d+)\.blocks\.(\d+)", None),
+                                       (r"^layers\.stages\.(\d+)", (0,)), (head, (99999,))])
+
+    # --- hierarchical models: one feature per stage ---------------------------------------------------
+    def _stage_intermediates(self, x, to_nchw, indices=None, norm=False, output_fmt="NCHW",
+                             intermediates_only=False):
+        """``forward_intermediates`` over ``self.layers.stages`` for the ``self.feature_info``
+        entries (one per stage, ``module`` naming the stage whose output it is). ``to_nchw(feat, i)``
+        reshapes feature ``i``'s tokens."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r} is not supported; use 'NCHW'")
+        take, max_index = take_indices(len(self.feature_info), indices)
+        emit = {int(self.feature_info[i]["module"].rsplit(".", 1)[1]): i for i in take}
+        last_stage = int(self.feature_info[max_index]["module"].rsplit(".", 1)[1])
+        final = len(self.feature_info) - 1
+        intermediates = []
+        x1 = x2 = x
+        for k, stage in enumerate(self.layers.stages):
+            if intermediates_only and k > last_stage:
+                break
+            x1, x2 = stage(x1, x2)
+            if k in emit:
+                i = emit[k]
+                feat = self.fuse(x1, x2) if norm and i == final else merge_streams(x1, x2, self.fusion)
+                intermediates.append(to_nchw(feat, i))
+        if intermediates_only:
+            return intermediates
+        return self.fuse(x1, x2), intermediates
 
 
 def init_weights(m: nn.Module) -> None:

@@ -40,6 +40,7 @@ from ._revparts import (
     check_fusion,
     check_global_pool,
     check_stage_depths,
+    fused_width,
     init_weights,
     stage_drop_path_rates,
 )
@@ -174,7 +175,7 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         self.patch_grid = tuple(feat_size)
         dpr = stage_drop_path_rates(drop_path_rate, depths)
         attn_kwargs = dict(mode=mode, rel_pos_type=rel_pos_type, residual_pooling=residual_pooling)
-        stages, self.feature_info = [], []
+        stages, self.feature_info, self._feature_grids = [], [], []
         dim, reduction = dims[0], _pair(patch_stride)[0]
         for s in range(num_stages):
             first_is_transition = dims[s] != dim or max(stride_q[s]) > 1
@@ -194,8 +195,9 @@ class RevMViT(ReversibleModelMixin, nn.Module):
                      for j in range(int(first_is_transition), depths[s])],
                     mode=backprop,
                 ))
-            self.feature_info.append(dict(num_chs=dim, reduction=reduction,
+            self.feature_info.append(dict(num_chs=fused_width(dim, fusion), reduction=reduction,
                                           module=f"layers.stages.{len(stages) - 1}"))
+            self._feature_grids.append(tuple(feat_size))
         self.feat_size = tuple(feat_size)
         self.layers = ReversibleSequence(stages)
         self._build_fused_head(dim, fusion, norm_layer, drop_rate, num_classes)
@@ -206,11 +208,26 @@ class RevMViT(ReversibleModelMixin, nn.Module):
     def no_weight_decay(self):
         return {n for n, _ in self.named_parameters() if "rel_pos_h" in n or "rel_pos_w" in n}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return self._stage_group_matcher(r"^patch_embed", r"^fuse", coarse)
+
     def forward_features(self, x):
         """Image (B, 3, H, W) -> fused, normalised tokens (B, N, num_features)."""
         x, _ = self.patch_embed(x)
         x1, x2 = self.layers(x, x)
         return self.fuse(x1, x2)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's intermediate features: one NCHW map per stage (``feature_info``), the stage's two
+        output streams merged as the head merges them; ``norm`` applies the final norm to the last."""
+        def to_nchw(feat, i):
+            h, w = self._feature_grids[i]
+            return feat.reshape(feat.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+        return self._stage_intermediates(self.patch_embed(x)[0], to_nchw, indices, norm, output_fmt,
+                                         intermediates_only)
 
 
 def _cfg(**kwargs):
@@ -237,7 +254,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_revmvit(variant: str, pretrained: bool = False, **kwargs) -> RevMViT:
-    return build_model_with_cfg(RevMViT, variant, pretrained, **kwargs)
+    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1, 2, 5, 2))))))
+    return build_model_with_cfg(RevMViT, variant, pretrained,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 @register_model

@@ -161,6 +161,10 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
     def no_weight_decay(self):
         return {n for n, p in self.named_parameters() if p.ndim <= 1}  # biases and LayerNorms, as RoBERTa
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return self._block_group_matcher(r"^embeddings", r"^blocks\.blocks", r"^fuse")
+
     def _additive_mask(self, attention_mask, dtype):
         if attention_mask is None:
             return None

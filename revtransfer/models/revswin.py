@@ -33,6 +33,7 @@ from ._revparts import (
     check_fusion,
     check_global_pool,
     check_stage_depths,
+    fused_width,
     init_weights,
     stage_drop_path_rates,
 )
@@ -190,7 +191,7 @@ class RevSwin(ReversibleModelMixin, nn.Module):
                  for j in range(depths[s])],
                 mode=backprop,
             ))
-            self.feature_info.append(dict(num_chs=dims[s], reduction=patch_size * 2 ** s,
+            self.feature_info.append(dict(num_chs=fused_width(dims[s], fusion), reduction=patch_size * 2 ** s,
                                           module=f"layers.stages.{len(stages) - 1}"))
         self.layers = ReversibleSequence(stages)
         self._build_fused_head(dims[-1], fusion, norm_layer, drop_rate, num_classes)
@@ -204,11 +205,22 @@ class RevSwin(ReversibleModelMixin, nn.Module):
     def no_weight_decay(self):
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return self._stage_group_matcher(r"^patch_embed", r"^fuse", coarse)
+
     def forward_features(self, x):
         """Image (B, 3, H, W) -> fused, normalised tokens (B, H', W', num_features)."""
         x = self.patch_embed(x)
         x1, x2 = self.layers(x, x)
         return self.fuse(x1, x2)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's intermediate features: one NCHW map per stage (``feature_info``), the stage's two
+        output streams merged as the head merges them; ``norm`` applies the final norm to the last."""
+        return self._stage_intermediates(self.patch_embed(x), lambda f, i: f.permute(0, 3, 1, 2).contiguous(),
+                                         indices, norm, output_fmt, intermediates_only)
 
 
 def _cfg(**kwargs):
@@ -236,7 +248,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_revswin(variant: str, pretrained: bool = False, **kwargs) -> RevSwin:
-    return build_model_with_cfg(RevSwin, variant, pretrained, **kwargs)
+    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (2, 2, 6, 2))))))
+    return build_model_with_cfg(RevSwin, variant, pretrained,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 @register_model

@@ -17,7 +17,17 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mode
 
 from ._layers import Attention, DropPath, PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from ._revparts import MlpSublayer, ReversibleModelMixin, check_fusion, check_global_pool, init_weights, linspace
+from ._revparts import (
+    MlpSublayer,
+    ReversibleModelMixin,
+    check_fusion,
+    check_global_pool,
+    fused_width,
+    init_weights,
+    linspace,
+    merge_streams,
+    take_indices,
+)
 from .convert import own_to_model
 
 
@@ -77,7 +87,7 @@ class RevViT(ReversibleModelMixin, nn.Module):
         self.global_pool = global_pool
         self.embed_dim = embed_dim
         self.fusion = fusion
-        self.num_features = self.head_hidden_size = embed_dim * (2 if fusion == "concat" else 1)
+        self.num_features = self.head_hidden_size = fused_width(embed_dim, fusion)
         self.num_prefix_tokens = 0
         self.dynamic_img_size = dynamic_img_size
 
@@ -94,6 +104,8 @@ class RevViT(ReversibleModelMixin, nn.Module):
              for i in range(depth)],
             mode=backprop,
         )
+        self.feature_info = [dict(num_chs=self.num_features, reduction=patch_size, module=f"blocks.blocks.{i}")
+                             for i in range(depth)]
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)
@@ -105,24 +117,53 @@ class RevViT(ReversibleModelMixin, nn.Module):
     def no_weight_decay(self):
         return {"pos_embed"}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return self._block_group_matcher(r"^pos_embed|^patch_embed", r"^blocks\.blocks", r"^norm")
+
     def _pos_embed(self, x):
+        """Patch tokens (NLC, or NHWC with a dynamic size) -> tokens (B, N, C) + position, and the grid."""
         if self.dynamic_img_size:  # NHWC from the patch embed: resample the position grid if needed
             B, H, W, C = x.shape
             pos = resample_abs_pos_embed(self.pos_embed, new_size=(H, W), num_prefix_tokens=0)
             x = x.reshape(B, H * W, C)
         else:
-            pos = self.pos_embed
-        return self.pos_drop(x + pos)
+            (H, W), pos = self.patch_embed.grid_size, self.pos_embed
+        return self.pos_drop(x + pos), (H, W)
 
     def fuse(self, x1, x2):
         """Termination fusion of the two streams."""
-        x = torch.cat([x1, x2], dim=-1) if self.fusion == "concat" else (x1 + x2) * 0.5
-        return self.norm(x)
+        return self.norm(merge_streams(x1, x2, self.fusion))
 
     def forward_features(self, x):
-        x = self._pos_embed(self.patch_embed(x))
+        x, _ = self._pos_embed(self.patch_embed(x))
         x1, x2 = self.blocks(x, x)
         return self.fuse(x1, x2)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's intermediate features: one per block (``indices``: the last n, or which), each the
+        block's two output streams merged as the head merges them (concat: 2C channels; avg: C),
+        with the final LayerNorm if ``norm``, as NCHW maps (or NLC tokens). Blocks run as
+        reversible segments between the taken indices, so training through this stores no block's
+        activations either. Returns the intermediates, or (final features, intermediates)."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt {output_fmt!r} is not supported; use 'NCHW' or 'NLC'")
+        take, _ = take_indices(len(self.blocks.blocks), indices)
+        x, (H, W) = self._pos_embed(self.patch_embed(x))
+        x1 = x2 = x
+        start, intermediates = 0, []
+        for i in take:
+            x1, x2 = self.blocks.run(x1, x2, start=start, stop=i + 1)
+            start = i + 1
+            feat = self.fuse(x1, x2) if norm else merge_streams(x1, x2, self.fusion)
+            if output_fmt == "NCHW":
+                feat = feat.reshape(feat.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous()
+            intermediates.append(feat)
+        if intermediates_only:  # stop_early is implied: nothing after the last taken block runs
+            return intermediates
+        x1, x2 = self.blocks.run(x1, x2, start=start)
+        return self.fuse(x1, x2), intermediates
 
 
 def checkpoint_filter_fn(state_dict: dict, model: RevViT) -> dict:
@@ -156,7 +197,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_revvit(variant: str, pretrained: bool = False, **kwargs) -> RevViT:
-    return build_model_with_cfg(RevViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    out_indices = kwargs.pop("out_indices", 3)  # features_only: the last 3 blocks, as timm's ViT
+    return build_model_with_cfg(RevViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 @register_model

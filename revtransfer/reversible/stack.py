@@ -35,17 +35,17 @@ class _ReversibleStackFunction(torch.autograd.Function):
     snapshots; backward reconstructs each block's inputs from its outputs."""
 
     @staticmethod
-    def forward(ctx, stack: "ReversibleStack", num_side: int, x1, x2, *side_and_params):
+    def forward(ctx, stack: "ReversibleStack", blocks: nn.ModuleList, num_side: int, x1, x2, *side_and_params):
         side = side_and_params[:num_side]
         devices = _cuda_devices((x1, x2)) if stack.preserve_rng_state else None
         rngs = []
         with torch.no_grad():
-            for block in stack.blocks:
+            for block in blocks:
                 snapshots = []
                 x1, x2 = couple(_snapshotting(block.f, side, snapshots, devices),
                                 _snapshotting(block.g, side, snapshots, devices), x1, x2)
                 rngs.append(BlockRNG(*snapshots))
-        ctx.stack = stack
+        ctx.blocks = blocks
         ctx.mode = stack.mode
         ctx.rngs = rngs
         ctx.num_side = num_side
@@ -57,11 +57,11 @@ class _ReversibleStackFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy1, dy2):
         y1, y2, *side = ctx.saved_tensors
-        stack = ctx.stack
-        flat_params = stack._flat_params
-        first_param = 4 + ctx.num_side  # after stack, num_side, x1, x2 and the side inputs
+        blocks = ctx.blocks
+        flat_params = list(blocks.parameters())
+        first_param = 5 + ctx.num_side  # after stack, blocks, num_side, x1, x2 and the side inputs
         wanted = {id(p) for p, need in zip(flat_params, ctx.needs_input_grad[first_param:]) if need}
-        dx1, dx2, per_block = run_backward(stack.blocks, ctx.rngs, y1, y2, dy1, dy2, tuple(side), ctx.autocast,
+        dx1, dx2, per_block = run_backward(blocks, ctx.rngs, y1, y2, dy1, dy2, tuple(side), ctx.autocast,
                                            lanes_for(ctx.mode, y1.device), wanted)
         # Parameter grads are returned rather than accumulated into .grad inside this backward: that
         # keeps autograd.grad / backward(inputs=...) exact and DDP's per-iteration hooks valid. With
@@ -69,13 +69,13 @@ class _ReversibleStackFunction(torch.autograd.Function):
         # as .grad, so they cost no memory beyond the grads every training step holds.
         # Sum per-block grads into one slot per parameter (a parameter may be shared by blocks).
         total: dict[int, torch.Tensor] = {}
-        for block, (f_grads, g_grads) in zip(stack.blocks, per_block):
+        for block, (f_grads, g_grads) in zip(blocks, per_block):
             f_params = [p for p in block.f.parameters() if id(p) in wanted]
             g_params = [p for p in block.g.parameters() if id(p) in wanted]
             for p, g in zip(f_params + g_params, f_grads + g_grads):
                 if g is not None:
                     total[id(p)] = g if id(p) not in total else total[id(p)] + g
-        return (None, None, dx1, dx2, *[None] * ctx.num_side, *[total.get(id(p)) for p in flat_params])
+        return (None, None, None, dx1, dx2, *[None] * ctx.num_side, *[total.get(id(p)) for p in flat_params])
 
 
 class ReversibleStack(nn.Module):
@@ -102,22 +102,25 @@ class ReversibleStack(nn.Module):
     def set_mode(self, mode: str) -> None:
         self.mode = check_mode(mode)
 
-    @property
-    def _flat_params(self) -> list[nn.Parameter]:
-        return list(self.blocks.parameters())  # deduplicated by nn.Module
-
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, *side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.run(x1, x2, *side)
+
+    def run(self, x1: torch.Tensor, x2: torch.Tensor, *side: torch.Tensor, start: int = 0,
+            stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``start`` to ``stop`` (exclusive) as one reversible segment: how a model takes the
+        output of an intermediate block without storing the activations of any."""
         for i, s in enumerate(side):
             if not isinstance(s, torch.Tensor):
                 raise TypeError(f"side input {i} of a reversible stack is a {type(s).__name__}, not a tensor")
             if s.requires_grad:
                 raise ValueError(f"side input {i} of a reversible stack requires grad; side inputs are constants "
                                  "(masks, tables): compute one that needs a gradient inside F or G")
-        if self.mode != "backprop" and self.training and torch.is_grad_enabled():
-            params = self._flat_params  # walked once per call: it is on every training step
+        blocks = self.blocks if start == 0 and stop is None else self.blocks[start:stop]
+        if self.mode != "backprop" and self.training and torch.is_grad_enabled() and len(blocks):
+            params = list(blocks.parameters())  # deduplicated; walked once per call, on every training step
             if x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in params):
-                return _ReversibleStackFunction.apply(self, len(side), x1, x2, *side, *params)
-        for block in self.blocks:
+                return _ReversibleStackFunction.apply(self, blocks, len(side), x1, x2, *side, *params)
+        for block in blocks:
             x1, x2 = block(x1, x2, *side)
         return x1, x2
 
