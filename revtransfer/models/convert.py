@@ -4,7 +4,8 @@
 - :func:`timm_vit_to_vit` — a timm ``VisionTransformer`` state dict (ImageNet ViT-S/B/L, or any
   timm ViT) into our mean-pooled, class-token-free ViT (e.g. ``vit_micro``).
 - :func:`slowfast_revvit_to_revvit` — a PySlowFast RevViT checkpoint (``MViT`` with
-  ``MVIT.REV.ENABLE``, no pooling) into :class:`~revtransfer.models.revvit.RevViT`.
+  ``MVIT.REV.ENABLE``, no pooling; fused or separate q/k/v) into
+  :class:`~revtransfer.models.revvit.RevViT`.
 
 Both unwrap trainer containers, drop what our models do not have (class token, its position
 slot) and resample the position embedding to the model's grid. Shapes are checked afterwards by
@@ -102,19 +103,31 @@ def _square_part(n: int) -> int:
 
 
 _SLOWFAST_BLOCK = re.compile(r"^rev_backbone\.layers\.(\d+)\.([FG])\.(.*)$")
+_SLOWFAST_QKV = re.compile(r"^(rev_backbone\.layers\.\d+\.F\.attn\.)([qkv])\.(weight|bias)$")
 
 
 def slowfast_revvit_to_revvit(state_dict: dict, model: nn.Module) -> dict:
     """PySlowFast RevViT keys -> ours.
 
-    PySlowFast: ``rev_backbone.layers.{i}.F.{norm,attn.qkv,attn.proj}``,
-    ``rev_backbone.layers.{i}.G.{norm,mlp.fc1,mlp.fc2}``, ``patch_embed.proj`` (Conv2d, or Conv3d
-    with a temporal kernel of 1), ``pos_embed``, ``norm`` (2C after concat fusion),
-    ``head.projection``. Ours: ``blocks.blocks.{i}.f.{norm,attn.qkv,attn.proj}``,
-    ``blocks.blocks.{i}.g.{norm,mlp.fc1,mlp.fc2}``, ``head``. The stream order is the same
-    (Y1 = X1 + F(X2), Y2 = X2 + G(Y1), fused as concat(X1, X2)).
+    PySlowFast (``MViT`` with ``MVIT.REV.ENABLE``; ``slowfast/models/video_model_builder.py``,
+    ``reversible_mvit.py``, ``attention.py``): ``rev_backbone.layers.{i}.F.{norm,attn.proj}`` and
+    either ``F.attn.q``, ``F.attn.k``, ``F.attn.v`` (``MVIT.SEPARATE_QKV``, which its ImageNet
+    REV_VIT_S/B configs and their published weights use) or one ``F.attn.qkv``;
+    ``rev_backbone.layers.{i}.G.{norm,mlp.fc1,mlp.fc2}``; ``patch_embed.proj`` (Conv2d with
+    ``MVIT.PATCH_2D``, else Conv3d with a temporal kernel of 1); ``pos_embed`` (1, HW, C): RevViT has
+    no class token; ``norm`` (2C: LayerNorm after the concat of the streams); ``head.projection``.
+    Ours: ``blocks.blocks.{i}.f.{norm,attn.qkv,attn.proj}``, ``blocks.blocks.{i}.g.{norm,mlp.fc1,
+    mlp.fc2}``, ``head``. Separate q, k, v are stacked into ``qkv`` (rows [q; k; v], the order in
+    which both split the fused output). The computation is the same: Y1 = X1 + F(X2),
+    Y2 = X2 + G(Y1), then LayerNorm(concat(Y1, Y2)), mean over tokens, linear head (PySlowFast's
+    default ``MVIT.USE_MEAN_POOLING: False``; with True it pools before the norm, which the weights
+    cannot tell).
+
+    One difference in the output: PySlowFast's head applies ``MODEL.HEAD_ACT`` (softmax by
+    default) in eval, so its model returns class probabilities; ours returns logits, as timm's
+    models do. softmax(our output) equals theirs; the argmax and ranking of classes are the same.
     """
-    state_dict = unwrap_state_dict(state_dict)
+    state_dict = _fuse_separate_qkv(unwrap_state_dict(state_dict))
     out = {}
     for k, v in state_dict.items():
         m = _SLOWFAST_BLOCK.match(k)
@@ -136,6 +149,42 @@ def slowfast_revvit_to_revvit(state_dict: dict, model: nn.Module) -> dict:
             raise IncompatibleCheckpointError(
                 f"{k}: separate space-time position embeddings (MVIT.SEP_POS_EMBED) are not supported")
         out[k] = v
+    return out
+
+
+def _fuse_separate_qkv(state_dict: dict) -> dict:
+    """``attn.q``, ``attn.k``, ``attn.v`` (weights and biases) -> one ``attn.qkv``.
+
+    PySlowFast reshapes the fused output to (B, N, 3, heads, head_dim) and the separate ones each
+    to (B, N, heads, head_dim), as timm's ``Attention`` does its ``qkv``: so concatenating the
+    three along the output dimension, in the order q, k, v, computes the same attention.
+    """
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    out = {}
+    for k, v in state_dict.items():
+        m = _SLOWFAST_QKV.match(k)
+        if m:
+            prefix, which, kind = m.groups()
+            parts.setdefault((prefix, kind), {})[which] = v
+        else:
+            out[k] = v
+    for (prefix, kind), got in parts.items():
+        fused = f"{prefix}qkv.{kind}"
+        if fused in state_dict:
+            raise IncompatibleCheckpointError(
+                f"{fused} and {prefix}{next(iter(got))}.{kind}: the checkpoint holds both a fused and a "
+                f"separate q/k/v projection")
+        missing = [w for w in "qkv" if w not in got]
+        if missing:
+            raise IncompatibleCheckpointError(
+                f"{prefix}{missing[0]}.{kind} is missing: separate q/k/v projections (MVIT.SEPARATE_QKV) "
+                f"need all three, the checkpoint has only {', '.join(prefix + w + '.' + kind for w in got)}")
+        shapes = [tuple(got[w].shape) for w in "qkv"]
+        if len(set(shapes)) != 1:
+            raise IncompatibleCheckpointError(
+                f"{prefix}{{q,k,v}}.{kind}: shapes {shapes[0]}, {shapes[1]}, {shapes[2]} differ, so they "
+                f"cannot be stacked into {fused}")
+        out[fused] = torch.cat([got["q"], got["k"], got["v"]], dim=0)
     return out
 
 

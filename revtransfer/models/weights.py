@@ -2,12 +2,14 @@
 
 Reads our checkpoints (``{"model": ..., "optimizer": ..., "config": ...}``), plain state dicts,
 timm ViT weights (``.pth``, ``.bin``, ``.safetensors``) and PySlowFast RevViT checkpoints
-(``{"model_state": ...}``); picks the filter function of :mod:`.convert` for the layout; checks
+(``{"epoch", "model_state", "optimizer_state", "cfg"}``, as its ``save_checkpoint`` writes them);
+picks the filter function of :mod:`.convert` for the layout; checks
 the result against the model key by key (errors name the key and both shapes) and loads it.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,11 +38,25 @@ def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
             from safetensors.torch import load_file
 
             return load_file(str(path), device=str(map_location))
-        # weights_only: a checkpoint is data, never code (ours are saved that way).
+        # weights_only: a checkpoint is data, never code (ours are saved that way); a pickle that
+        # names a function or class to call is refused before anything is called.
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on torn files
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
-                              f"({type(e).__name__}: {e})") from e
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    """One line for a file torch cannot read. torch's weights-only refusal is a page of advice
+    (including to load with ``weights_only=False``, which would run the file's code): keep its reason."""
+    text = str(e)
+    code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if code:
+        return CheckpointError(f"checkpoint {path} is refused: it references {code.group(1)}, which loading "
+                               "would call; only tensors and plain data are read (nothing was run)")
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = reason.group(1) if reason else next((line for line in text.splitlines() if line.strip()), "")
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read, or is no PyTorch "
+                           f"checkpoint at all ({type(e).__name__}: {reason.strip()})")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
