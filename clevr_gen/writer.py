@@ -10,22 +10,23 @@ exactly when manifest.json exists. A crash or Ctrl-C at any point leaves no mani
 from __future__ import annotations
 
 import collections
+import hashlib
 import contextlib
-import datetime as _dt
 import io
 import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+
+from revtransfer import provenance
+from revtransfer.errors import UserError
+from revtransfer.atomic import TMP_PREFIX, atomic_path, atomic_write_json, atomic_write_text, clean_stale_temps
 
 from . import coco, labels, preview, vocab
 from .pipeline import cell_assignment, label_columns, load_kernels, make_scene, scene_record
@@ -43,39 +44,12 @@ OWN_NAMES = {"images.npy", "images", "labels.csv", "scenes.json", "coco.json", "
              MANIFEST, PARTIAL, LOCK}
 
 
-class DatasetDirError(RuntimeError):
+class DatasetDirError(UserError, RuntimeError):
     """The output directory holds something else (another spec, foreign files, a running job)."""
 
 
-# --- small atomic-file helpers -----------------------------------------------------------------
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        if tmp.is_dir():
-            if path.exists():
-                shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def write_json_atomic(path: Path, obj, indent: int | None = 1) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+    atomic_write_json(path, obj, indent=indent, sort_keys=False)
 
 
 def create_npy(path: Path, shape: tuple[int, ...]) -> None:
@@ -137,9 +111,9 @@ def build_shard(partial: str, spec_dict: dict, shard: int, start: int, stop: int
             path = png_dir / f"{i:06d}.png"
             with atomic_path(path) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
-    write_text_atomic(stem.with_suffix(".scenes.jsonl"), "".join(scene_lines))
+    atomic_write_text(stem.with_suffix(".scenes.jsonl"), "".join(scene_lines))
     if spec.coco:
-        write_text_atomic(stem.with_suffix(".coco.jsonl"), "".join(annotation_lines))
+        atomic_write_text(stem.with_suffix(".coco.jsonl"), "".join(annotation_lines))
     write_json_atomic(stem.with_suffix(".json"), {"labels": rows, "min_visible": min_visible},
                       indent=None)  # last: marks the shard done
     return shard, stop - start
@@ -201,31 +175,8 @@ def _build_in_parallel(jobs: list, workers: int, bar) -> None:
 
 
 # --- provenance ----------------------------------------------------------------------------------
-def git_commit() -> str | None:
-    """HEAD of the repository this package lives in, or None (not a checkout, no git, no commit)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) == 40 else None
-
-
 def library_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    import numba
-    import PIL
-
-    from . import __version__
-    try:
-        package = metadata.version("revtransfer")
-    except metadata.PackageNotFoundError:
-        package = None
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "pillow": PIL.__version__, "clevr_gen": __version__,
-            "revtransfer": package, "renderer": RENDERER_VERSION}
+    return {**provenance.library_versions(), "renderer": RENDERER_VERSION}
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -245,7 +196,7 @@ def _check_directory(out: Path, spec: DatasetSpec) -> dict | None:
                 + "; ".join(diffs) + "). Choose another --out or delete that directory.")
         return manifest
     foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_NAMES
-                     and not p.name.startswith(".tmp-")) if out.exists() else []
+                     and not p.name.startswith(TMP_PREFIX)) if out.exists() else []
     if foreign:
         raise DatasetDirError(f"{out} is not empty and holds files gen did not write "
                               f"({', '.join(foreign[:5])}); choose an empty or new directory")
@@ -272,11 +223,9 @@ def _open_partial(out: Path, spec: DatasetSpec, shard_size: int) -> tuple[Path, 
 
 
 def _clean_stale_temps(directory: Path) -> None:
-    for p in list(directory.glob(".tmp-*")) + list(directory.glob("images/.tmp-*")):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+    clean_stale_temps(directory)
+    if (directory / "images").is_dir():
+        clean_stale_temps(directory / "images")
 
 
 def generate(spec: DatasetSpec, out, workers: int = 1, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -390,6 +339,7 @@ def _finalize(out: Path, partial: Path, spec: DatasetSpec, cells: np.ndarray,
 
     _write_preview(out, spec, first_rows)
     manifest = {
+        "integrity": file_integrity(out),
         "format_version": FORMAT_VERSION,
         "complete": True,
         "spec": spec.to_dict(),
@@ -407,12 +357,30 @@ def _finalize(out: Path, partial: Path, spec: DatasetSpec, cells: np.ndarray,
                     "cells": spec.cell_counts().as_dict()},
         "measured": stats.summary(),
         "versions": library_versions(),
-        "git_commit": git_commit(),
+        "git_commit": provenance.git_commit(),
         "run": {**run, "finalize_seconds": round(time.perf_counter() - t0, 3),
-                "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+                "finished_utc": provenance.utc_now()},
     }
     write_json_atomic(out / MANIFEST, manifest)  # last: the directory is now complete
     return manifest
+
+
+# Files whose every byte is hashed into the manifest (the images are checked by size only: hashing
+# gigabytes would make opening a dataset slow, and a torn write changes their size).
+HASHED = ("labels.csv", "scenes.json", "coco.json", "preview.png")
+
+
+def file_integrity(out: Path) -> dict[str, dict]:
+    """Size (and, for the small files, SHA-256) of every file of the dataset, recorded in the
+    manifest so that readers catch a truncated or edited file when they open the dataset."""
+    info = {}
+    for name in sorted(OWN_NAMES - {MANIFEST, PARTIAL, LOCK, "images"}):
+        path = out / name
+        if path.is_file():
+            info[name] = {"bytes": path.stat().st_size}
+            if name in HASHED:
+                info[name]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return info
 
 
 def _start_coco(f: io.TextIOBase, spec: DatasetSpec) -> None:

@@ -19,7 +19,7 @@ from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from .config import build_config
+from .config import backbone_net, build_config
 import datetime
 
 from .results import git_commit, versions
@@ -57,7 +57,7 @@ def _time_variant(cfg, batch, iters: int, warmup: int, device: str, amp: bool) -
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     del cfg.optimizer.params.model
-    net = model.backbone.net
+    net = backbone_net(model.backbone)
     spans: list[float] = []
 
     def stamp(*_):  # a hook returning None leaves inputs and outputs alone
@@ -124,7 +124,7 @@ def run_bench(config: str, out: str, iters: int = 5, warmup: int = 2, batch_size
     size = int(cfg.model.backbone.get("square_pad") or 1024)
     batch = synthetic_batch(batch_size, size, int(cfg.model.roi_heads.num_classes))
     record = {
-        "config": config, "arch": cfg.model.backbone.net.model_name, "image_size": size,
+        "config": config, "arch": backbone_net(cfg.model.backbone).model_name, "image_size": size,
         "batch_size": batch_size, "iters": iters, "warmup": warmup, "device": device,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch_threads": torch.get_num_threads(), "amp_bf16": amp, "overrides": list(overrides),
@@ -133,7 +133,7 @@ def run_bench(config: str, out: str, iters: int = 5, warmup: int = 2, batch_size
     torch.manual_seed(0)
     record["frozen"] = _time_variant(cfg, batch, iters, warmup, device, amp)
     if compare_unfrozen:
-        cfg.model.backbone.net.freeze = False
+        backbone_net(cfg.model.backbone).freeze = False
         torch.manual_seed(0)
         record["unfrozen"] = _time_variant(cfg, batch, iters, warmup, device, amp)
     path = Path(out)

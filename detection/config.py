@@ -2,8 +2,8 @@
 
 A config (``detection/configs/*.py``) holds everything of a run but the data paths and the backbone
 checkpoint; :func:`build_config` fills those in from arguments, applies ``key=value`` overrides
-(detectron2/hydra syntax), then :func:`prepare` registers the datasets and checks what can be
-checked before any model is built.
+(detectron2/hydra syntax; ``train.max_iter=N`` rescales the schedule as ``max_iter`` does), then
+:func:`prepare` registers the datasets and checks what can be checked before any model is built.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Sequence
 from detectron2.config import LazyConfig
 
 from .data import DatasetError, category_names, register_coco_by_path
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def set_max_iter(cfg, max_iter: int) -> None:
     old = int(cfg.train.max_iter)
     max_iter = int(max_iter)
     if max_iter <= 0:
-        raise ValueError(f"max_iter must be positive, got {max_iter}")
+        raise ConfigError(f"max_iter must be positive, got {max_iter}")
     cfg.train.max_iter = max_iter
     lr = cfg.get("lr_multiplier")
     if lr is None:
@@ -89,12 +90,14 @@ def build_config(
     demo: bool = False,
     overrides: Sequence[str] = (),
 ):
-    """Load a config and fill in a run's specifics; explicit ``overrides`` are applied last."""
+    """Load a config and fill in a run's specifics; explicit ``overrides`` are applied last, a
+    ``train.max_iter=N`` among them through :func:`set_max_iter` (a bare assignment would leave the
+    schedule's milestones and warmup at the config's length, past the end of a shorter run)."""
     cfg = LazyConfig.load(str(resolve_config(name_or_path)))
     if backbone_checkpoint is not None:
         if backbone_checkpoint and not Path(backbone_checkpoint).is_file():
             raise FileNotFoundError(f"backbone checkpoint {backbone_checkpoint!r} does not exist")
-        cfg.model.backbone.net.checkpoint = str(backbone_checkpoint)
+        backbone_net(cfg.model.backbone).checkpoint = str(backbone_checkpoint)
     for split, json_file, images in (("train", train_json, train_images), ("test", val_json, val_images)):
         if (json_file is None) != (images is None):
             raise ValueError(f"give both the json and the images of the {split} set, or neither "
@@ -112,16 +115,41 @@ def build_config(
         cfg.train.device = device
     if seed is not None:
         cfg.train.seed = int(seed)
-    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    rest = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "train.max_iter":
+            set_max_iter(cfg, _int_override(key, value))
+        else:
+            rest.append(o)
+    cfg = LazyConfig.apply_overrides(cfg, rest)
     if str(cfg.train.device).startswith("cpu") and cfg.train.amp.enabled:
         logger.info("AMP is for CUDA: disabled on %s", cfg.train.device)
         cfg.train.amp.enabled = False
     return cfg
 
 
+def _int_override(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not an integer") from None
+
+
+def backbone_net(backbone):
+    """The timm wrapper (TimmViT, TimmHierarchical) inside a detector's backbone, as config node or
+    module: ``net`` of ViTDet's SimpleFeaturePyramid, ``bottom_up`` of an FPN."""
+    for key in ("net", "bottom_up"):
+        net = getattr(backbone, key, None)
+        if net is not None:
+            return net
+    raise ConfigError(f"backbone {type(backbone).__name__} has neither 'net' (SimpleFeaturePyramid) nor "
+                      "'bottom_up' (FPN)")
+
+
 def prepare(cfg) -> None:
     """Register the config's datasets by path, size the class head from the training json and check
-    the padding against the backbone's size constraint. Runs in every process (catalogs are
+    the backbone's model and padding (:func:`check_backbone`). Runs in every process (catalogs are
     per-process)."""
     for split in ("train", "test"):
         ds = cfg.datasets[split]
@@ -133,7 +161,7 @@ def prepare(cfg) -> None:
         if cfg.model.roi_heads.num_classes != n:
             logger.info("num_classes %d -> %d (categories of %s)", cfg.model.roi_heads.num_classes, n, train_json)
             cfg.model.roi_heads.num_classes = n
-    _check_padding(cfg)
+    check_backbone(cfg)
     import torch
 
     if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
@@ -141,17 +169,39 @@ def prepare(cfg) -> None:
                            "pass --device cpu (or train.device=cpu)")
 
 
-def _check_padding(cfg) -> None:
-    """Images are padded to ``square_pad``; it must be a multiple of every stride involved."""
+def check_backbone(cfg) -> None:
+    """Before any model is built: the backbone's model is one it can run (an image model, of the
+    right kind, :func:`detection.backbone.check_model`) and images are padded to a size it takes."""
+    from .backbone import check_model, hierarchical_features, probe_model
+
     bb = cfg.model.backbone
+    net = backbone_net(bb)
+    kind = _target_name(net)
+    if kind == "TimmViT":
+        model = probe_model(net.model_name, net.get("model_kwargs"))
+        check_model(model, net.model_name, kind)
+        _check_vit_padding(bb, _patch_size(model))
+    elif kind == "TimmHierarchical":
+        hierarchical_features(net.model_name, {**dict(net.get("model_kwargs") or {}), "img_size": net.img_size})
+        square = int(bb.get("square_pad", 0) or 0)
+        if square != int(net.img_size):
+            raise ConfigError(f"model.backbone.square_pad={square} must equal model.backbone.bottom_up.img_size="
+                              f"{net.img_size}: {net.model_name} takes inputs of exactly that size")
+
+
+def _target_name(node) -> str:
+    target = node.get("_target_", "")
+    return (target if isinstance(target, str) else target.__qualname__).rsplit(".", 1)[-1]
+
+
+def _check_vit_padding(bb, patch: int) -> None:
+    """Images are padded to ``square_pad``; it must be a multiple of every stride involved."""
     square = int(bb.get("square_pad", 0) or 0)
     if not square:
         return
     from .backbone import _default_feature_stride
 
-    net = bb.net
-    patch = _patch_size_of(net.model_name, net.get("model_kwargs"))
-    stride = int(net.get("feature_stride") or _default_feature_stride(patch))
+    stride = int(bb.net.get("feature_stride") or _default_feature_stride(patch))
     top = stride / min(bb.scale_factors) * 2 ** (1 if bb.get("top_block") is not None else 0)
     need = math.lcm(patch, stride, int(top))
     if square % need:
@@ -159,15 +209,6 @@ def _check_padding(cfg) -> None:
                            f"{patch}, pyramid strides up to {int(top)}); use e.g. {math.ceil(square / need) * need}")
 
 
-def _patch_size_of(model_name: str, model_kwargs) -> int:
-    """Patch size from the model's registered defaults, without building it."""
-    if model_kwargs and "patch_size" in model_kwargs:
-        return int(model_kwargs["patch_size"])
-    import timm
-
-    import revtransfer.models  # noqa: F401  (registers ours)
-
-    with __import__("torch").device("meta"):
-        m = timm.create_model(model_name, num_classes=0, **dict(model_kwargs or {}))
-    ps = getattr(m, "patch_size", None) or m.patch_embed.patch_size
+def _patch_size(model) -> int:
+    ps = getattr(model, "patch_size", None) or model.patch_embed.patch_size
     return int(ps[0] if isinstance(ps, (tuple, list)) else ps)

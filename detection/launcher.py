@@ -31,7 +31,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from revtransfer.atomic import atomic_write_json
 
 from . import results as results_table
-from .config import build_config, prepare
+from .config import backbone_net, build_config, prepare
 
 logger = logging.getLogger("detectron2")
 
@@ -155,7 +155,7 @@ def run(args: RunArgs) -> dict:
 
 def run_info(cfg, args: RunArgs, wall_time_s: float | None = None) -> dict:
     """What ``run.json`` records: the run's identity, seed, data, and provenance."""
-    net = cfg.model.backbone.net
+    net = backbone_net(cfg.model.backbone)
     train, test = cfg.datasets.train, cfg.datasets.test
     return {
         "mode": "eval" if args.eval_only else "train",

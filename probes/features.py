@@ -12,7 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from revtransfer.atomic import atomic_write
-from revtransfer.train.data import BatchLoader, ClevrArrays, Normalize
+from revtransfer.data import ClevrArrays
+from revtransfer.train.data import BatchLoader, Normalize
 
 
 @torch.inference_mode()

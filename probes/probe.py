@@ -13,7 +13,8 @@ import torch
 from revtransfer.atomic import atomic_write_json
 from revtransfer.train.checkpoint import BEST, LAST, CheckpointError, load_checkpoint
 from revtransfer.train.config import PretrainConfig
-from revtransfer.train.data import Normalize, holdout_split, open_dataset
+from revtransfer.data import open_dataset
+from revtransfer.train.data import Normalize, holdout_split
 from revtransfer.train.pretrain import build_model, norm_stats, resolve_device
 
 from .features import cached_features, file_digest
@@ -52,6 +53,7 @@ class Backbone:
     config: PretrainConfig
     checkpoint: Path
     digest: str
+    image_size: tuple[int, int]  # (H, W) the backbone was pretrained at
     normalize: Normalize = field(repr=False)
 
 
@@ -64,14 +66,16 @@ def load_backbone(run_dir: str | Path, which: str = "last", device: str = "auto"
         raise CheckpointError(f"checkpoint {path} lacks the model weights or the config")
     cfg = PretrainConfig.from_dict(state["config"])
     dev = resolve_device(device)
-    model = build_model(cfg, tuple(state["image_size"]) if "image_size" in state else _dataset_image_size(cfg))
+    image_size = tuple(state["image_size"]) if "image_size" in state else _dataset_image_size(cfg)
+    model = build_model(cfg, image_size)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit {cfg.arch}: {e}") from e
     model = model.to(dev).eval().requires_grad_(False)
     mean, std = norm_stats(model)
-    return Backbone(model, cfg, path, file_digest(path), Normalize(mean, std, dev, torch.float32))
+    size = tuple(getattr(model.patch_embed, "img_size", None) or image_size)
+    return Backbone(model, cfg, path, file_digest(path), size, Normalize(mean, std, dev, torch.float32))
 
 
 def _dataset_image_size(cfg: PretrainConfig):
@@ -80,9 +84,18 @@ def _dataset_image_size(cfg: PretrainConfig):
         return None
     try:
         return open_dataset(cfg.dataset).image_size
-    except Exception as e:
+    except (ValueError, OSError) as e:
         raise CheckpointError(f"cannot rebuild the model of {cfg.out}: its pretrain dataset "
                               f"{cfg.dataset} is not readable ({e})") from e
+
+
+def check_image_size(data, backbone: Backbone, run_dir) -> None:
+    """The study compares features at the pretraining resolution: a transfer set of another size is
+    refused (resampling the position embedding would probe a different backbone)."""
+    if tuple(data.image_size) != tuple(backbone.image_size):
+        (h, w), (bh, bw) = data.image_size, backbone.image_size
+        raise ValueError(f"transfer dataset {data.path} has {w}x{h} images but the backbone of {run_dir} was "
+                         f"pretrained on {bw}x{bh}: generate the transfer set with --size {bw}x{bh}")
 
 
 def run_probes(run_dir: str | Path, transfer_dataset: str | Path, settings: ProbeSettings | None = None, *,
@@ -96,6 +109,7 @@ def run_probes(run_dir: str | Path, transfer_dataset: str | Path, settings: Prob
     results = {}
 
     transfer = open_dataset(transfer_dataset)
+    check_image_size(transfer, backbone, run_dir)
     idx = torch.arange(len(transfer)).numpy()
     feats = cached_features(cache, key, model, transfer, idx, backbone.normalize,
                             batch_size=settings.batch_size, progress=progress, desc="features transfer")

@@ -1,36 +1,60 @@
-"""Crash-safe file writes: write a temporary file next to the target, fsync, then ``os.replace``.
+"""Crash-safe file writes: write a temporary next to the target, fsync, then ``os.replace``.
 
 A reader sees either the old file or the new one, never a torn write, because ``os.replace`` is
-atomic within one file system (hence the temporary lives in the target's directory).
+atomic within one file system (hence the temporary lives in the target's directory). The same
+goes for a directory built under a temporary name (clevr_gen's PNG folder). Torch-free: clevr_gen
+and every writer of revtransfer share this module.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
 
+TMP_PREFIX = ".tmp-"  # temporaries are named .tmp-<pid>-<token>-<name>; a crash may leave them behind
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path (nothing there yet) for the caller to write a file or build a
+    directory at; on success it replaces ``path`` (a file fsynced first), on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = temp_name(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:  # flush the data to disk before the rename makes it visible
-            os.fsync(f.fileno())
+        if tmp.is_dir():
+            if path.exists():
+                shutil.rmtree(path)
+        else:
+            with open(tmp, "rb+") as f:  # flush the data to disk before the rename makes it visible
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def clean_stale_temps(directory: str | os.PathLike) -> None:
+    """Remove temporaries a crashed writer left in ``directory``."""
+    for p in Path(directory).glob(f"{TMP_PREFIX}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
@@ -48,8 +72,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = True) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=_jsonable) + "\n")
 
 
 def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> Path:

@@ -6,8 +6,11 @@ detectron2 and ``revtransfer --help`` is instant.
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
+
+from revtransfer.errors import is_expected, one_line
 
 # name -> ("module:attribute" of a click command, one-line help shown by `revtransfer --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -34,6 +37,22 @@ class LazyGroup(click.Group):
         module, attr = SUBCOMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx):
+        """Expected failures as one ``Error:`` line and exit status 1 (see revtransfer.errors)."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:  # noqa: BLE001 — reported below, re-raised under --debug
+            if ctx.params.get("debug"):
+                raise
+            if is_expected(err):
+                click.echo(f"Error: {one_line(err)}", err=True)
+            else:
+                click.echo(f"Error: internal error ({type(err).__name__}: {one_line(err)}); re-run with "
+                           "`revtransfer --debug ...` for the traceback and please report it", err=True)
+            sys.exit(1)
+
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_) for name, (_, help_) in SUBCOMMANDS.items()])
@@ -41,7 +60,9 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="revtransfer")
-def main():
+@click.option("--debug", is_flag=True, envvar="REVTRANSFER_DEBUG",
+              help="Show the traceback of an error (also: REVTRANSFER_DEBUG=1).")
+def main(debug):
     """revtransfer: reversible transformers (RevViT, PaReprop) and feature-transfer studies."""
 
 

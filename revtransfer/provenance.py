@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-_PACKAGES = ("torch", "torchvision", "timm", "numpy", "pillow", "detectron2", "scikit-learn", "revtransfer")
+_PACKAGES = ("torch", "torchvision", "timm", "numpy", "numba", "pillow", "detectron2", "scikit-learn", "revtransfer")
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -65,11 +65,16 @@ def resolved_command(ctx) -> list[str]:
     return args
 
 
+def utc_now() -> str:
+    """The time every record carries: UTC, ISO 8601, to the second (2026-12-01T01:02:03+00:00)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(command: list[str] | None = None) -> dict:
     return {
         "command": " ".join(command if command is not None else sys.argv),
         "git_commit": git_commit(),
         "versions": library_versions(),
         "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
     }

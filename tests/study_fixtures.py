@@ -28,6 +28,6 @@ def write_dataset(path, n: int = 160, size: int = 16, seed: int = 0, signal: boo
     np.save(path / "images.npy", images)
     rows = ["index,has_x,has_y,n_objects"] + [f"{i},{x},{y},3" for i, (x, y) in enumerate(zip(has_x, has_y))]
     (path / "labels.csv").write_text("\n".join(rows) + "\n")
-    (path / "manifest.json").write_text(json.dumps({"seed": seed, "n": n, "size": size, "signal": signal,
-                                                    "transfer": transfer}))
+    (path / "manifest.json").write_text(json.dumps({"seed": seed, "n": n, "image_shape": [size, size, 3],
+                                                    "signal": signal, "transfer": transfer}))
     return path

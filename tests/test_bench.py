@@ -20,7 +20,8 @@ def test_bench_writes_a_record_per_mode_and_batch_size(tmp_path):
     data = json.loads(out.read_text())
     got = [(r["model"], r["mode"], r["batch_size"]) for r in data["records"]]
     assert got == [("revvit_micro", m, b) for m in ("backprop", "reprop", "pareprop") for b in (2, 3)] + [
-        ("vit_micro", "vanilla", 2), ("vit_micro", "vanilla", 3)]
+        ("vit_micro", "backprop", 2), ("vit_micro", "backprop", 3)]  # the reference: plain backprop
+    assert [r["reference_for"] for r in data["records"]] == [None] * 6 + ["revvit_micro"] * 2
     for r in data["records"]:
         assert r["status"] == "ok" and r["samples_per_s"] > 0 and len(r["step_ms_all"]) == 2
         assert r["input_shape"] == [r["batch_size"], 3, 16, 16] and r["torch"] and "git_commit" in r
@@ -109,7 +110,8 @@ def test_gpu_plan_writes_one_file_and_skips_what_it_measured(tmp_path, monkeypat
     assert written["meta"]["plan"] == "revtransfer.bench.gpu_plan"
     assert all(job["complete"] for job in written["jobs"].values()) and len(written["jobs"]) == 10
     bench, _, _ = load_bench([tmp_path / "cpu_gpu_plan.json"])
-    assert len(bench) == 9 * 4 * 2 and set(bench["mode"]) == {"backprop", "reprop", "pareprop", "vanilla"}
+    assert len(bench) == 9 * 4 * 2 and set(bench["mode"]) == {"backprop", "reprop", "pareprop"}
+    assert set(bench[bench["reference_for"].notna()]["model"]) == {"vit_micro"}
     assert gpu_plan.main(_plan_argv(tmp_path)) == 0
     assert "0 job(s) to run" in capsys.readouterr().out
 

@@ -46,7 +46,7 @@ def test_measured_stats_equal_exact_cells(reference):
     hist = m["measured"]["object_count_histogram"]
     assert sum(hist.values()) == spec.n and set(map(int, hist)) <= set(range(3, 11))
     assert m["spec"] == spec.to_dict() and m["seed"] == 11
-    assert {"python", "numpy", "pillow", "clevr_gen"} <= set(m["versions"])
+    assert {"python", "numpy", "pillow", "numba", "renderer"} <= set(m["versions"])
     assert "git_commit" in m  # a hash, or None outside a git checkout with commits
 
 

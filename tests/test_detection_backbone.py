@@ -1,10 +1,20 @@
-"""TimmViT: shapes, position-embedding resampling, and what "frozen" means."""
+"""TimmViT and TimmHierarchical: shapes, position-embedding resampling, what "frozen" means, and
+which models each refuses."""
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
+from detectron2.modeling.backbone import FPN
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from detection import TimmViT, add_timm_vit_config
+from detection import (
+    BackboneCheckpointError,
+    ConfigError,
+    TimmHierarchical,
+    TimmViT,
+    add_timm_hierarchical_config,
+    add_timm_vit_config,
+)
 
 TINY_TIMM_VIT = dict(depth=1, embed_dim=48, num_heads=2)  # timm's own ViT (class token), kept tiny
 
@@ -73,3 +83,98 @@ def test_registered_for_yacs_configs():
     cfg.MODEL.TIMM_VIT.NAME = "revvit_micro"
     bb = build_backbone(cfg)
     assert isinstance(bb, TimmViT) and bb.frozen and bb.output_shape()["last_feat"].channels == 512
+
+
+# --- hierarchical models: TimmHierarchical under detectron2's FPN -----------------------------------
+
+TINY_SWIN = dict(window_size=2, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+TINY_MVIT = dict(embed_dim=16, depths=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("name,kwargs", [("revswin_tiny", TINY_SWIN), ("revmvit_tiny", TINY_MVIT)])
+def test_hierarchical_maps_through_fpn(name, kwargs):
+    bb = TimmHierarchical(name, img_size=64, model_kwargs=kwargs)
+    shapes = bb.output_shape()
+    assert list(shapes) == ["res2", "res3", "res4", "res5"]
+    assert [s.stride for s in shapes.values()] == [4, 8, 16, 32]
+    assert [s.channels for s in shapes.values()] == [32, 64, 128, 256]  # fused concat streams: 2C per stage
+    out = bb(torch.randn(2, 3, 64, 64))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        k: (2, s.channels, 64 // s.stride, 64 // s.stride) for k, s in shapes.items()}
+    fpn = FPN(bottom_up=bb, in_features=list(shapes), out_channels=16, norm="LN", top_block=LastLevelMaxPool(),
+              square_pad=bb.img_size)
+    assert fpn.padding_constraints == {"square_size": 64}
+    maps = fpn(torch.randn(2, 3, 64, 64))
+    assert {k: tuple(v.shape) for k, v in maps.items()} == {
+        f"p{i}": (2, 16, 64 >> i, 64 >> i) for i in (2, 3, 4, 5, 6)}
+    assert {k: s.stride for k, s in fpn.output_shape().items()} == {f"p{i}": 2 ** i for i in (2, 3, 4, 5, 6)}
+
+
+def test_hierarchical_frozen_means_no_grad_eval_mode_and_no_graph():
+    bb = TimmHierarchical("revswin_tiny", img_size=64, out_features=["res3", "res5"],
+                          model_kwargs={**TINY_SWIN, "drop_path_rate": 0.5, "proj_drop_rate": 0.5})
+    assert list(bb.output_shape()) == ["res3", "res5"] and bb.size_divisibility == 32
+    assert not any(p.requires_grad for p in bb.parameters())
+    bb.train()
+    assert bb.training and not any(m.training for m in bb.encoder.modules())
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    a, b = bb(x), bb(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # dropout and drop-path are off
+    assert all(v.grad_fn is None and not v.requires_grad for v in a.values())
+
+
+def test_hierarchical_input_size_is_fixed_and_checked():
+    bb = TimmHierarchical("revswin_tiny", img_size=64, model_kwargs=TINY_SWIN)
+    with pytest.raises(ValueError, match=r"built for 64x64 inputs, got 96x64; .*square_pad=64"):
+        bb(torch.randn(1, 3, 96, 64))
+    with pytest.raises(ConfigError, match=r"img_size=80 is not a multiple of 32, .*revswin_tiny.*use e\.g\. 96"):
+        TimmHierarchical("revswin_tiny", img_size=80, model_kwargs=TINY_SWIN)
+    with pytest.raises(ConfigError, match=r"out_features \['res6'\] are not features of revswin_tiny; "
+                                          r"it has res2, res3, res4, res5"):
+        TimmHierarchical("revswin_tiny", img_size=64, out_features=["res6"], model_kwargs=TINY_SWIN)
+
+
+def test_hierarchical_checkpoint_from_another_input_size(tmp_path):
+    # RevSwin's relative positions are per window: weights from pretraining at 64 load at 128.
+    src = TimmHierarchical("revswin_tiny", img_size=64, model_kwargs=TINY_SWIN)
+    torch.save({"model": src.encoder.state_dict()}, tmp_path / "swin.pt")
+    bb = TimmHierarchical("revswin_tiny", img_size=128, checkpoint=str(tmp_path / "swin.pt"), model_kwargs=TINY_SWIN)
+    assert all(torch.equal(v, bb.encoder.state_dict()[k]) for k, v in src.encoder.state_dict().items())
+    # RevMViT's tables are sized for the token grid: refused, saying why.
+    src = TimmHierarchical("revmvit_tiny", img_size=64, model_kwargs=TINY_MVIT)
+    torch.save({"model": src.encoder.state_dict()}, tmp_path / "mvit.pt")
+    with pytest.raises(BackboneCheckpointError, match=r"revmvit_tiny at img_size=128: its relative-position "
+                                                      r"tables .* same input size; .*rel_pos_h"):
+        TimmHierarchical("revmvit_tiny", img_size=128, checkpoint=str(tmp_path / "mvit.pt"), model_kwargs=TINY_MVIT)
+
+
+@pytest.mark.parametrize("backbone", ["TimmViT", "TimmHierarchical"])
+def test_text_model_is_refused(backbone):
+    build = {"TimmViT": lambda: TimmViT("revroberta_base"),
+             "TimmHierarchical": lambda: TimmHierarchical("revroberta_base", img_size=64)}[backbone]
+    with pytest.raises(ConfigError, match=r"^revroberta_base is not an image model \(it takes tokens\); detection "
+                                          r"backbones take single-scale .* with TimmViT, or hierarchical .* "
+                                          r"with TimmHierarchical$"):
+        build()
+
+
+def test_each_backbone_refuses_the_other_kind():
+    with pytest.raises(ConfigError, match=r"^revswin_tiny is hierarchical \(feature strides 4, 8, 16, 32\): TimmViT "
+                                          r"takes single-scale image models .*; use TimmHierarchical under an FPN"):
+        TimmViT("revswin_tiny")
+    with pytest.raises(ConfigError, match=r"^vit_micro has a single feature stride \(5\): TimmHierarchical takes "
+                                          r"hierarchical image models .*; use TimmViT"):
+        TimmHierarchical("vit_micro", img_size=80)
+
+
+def test_hierarchical_fpn_registered_for_yacs_configs():
+    cfg = get_cfg()
+    add_timm_hierarchical_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_timm_hierarchical_fpn_backbone"
+    cfg.MODEL.TIMM_HIERARCHICAL.IMG_SIZE = 64
+    cfg.MODEL.TIMM_HIERARCHICAL.MODEL_KWARGS.update(TINY_SWIN)
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    bb = build_backbone(cfg)
+    assert isinstance(bb.bottom_up, TimmHierarchical) and bb.bottom_up.frozen
+    assert bb.padding_constraints == {"square_size": 64}
+    assert [s.stride for s in bb.output_shape().values()] == [4, 8, 16, 32, 64]

@@ -61,7 +61,7 @@ def test_report_writes_tables_plots_and_index(tmp_path):
     recs = [dict(model=m, mode=mode, batch_size=b, status="ok", samples_per_s=s * b, step_ms_median=1.0,
                  activation_bytes_per_sample=a, peak_mem_bytes=None, device="cpu")
             for m, mode, s, a in (("revvit_micro", "reprop", 1.0, 1e5), ("revvit_micro", "pareprop", 1.1, 1e5),
-                                  ("vit_micro", "vanilla", 1.4, 1e6)) for b in (2, 4)]
+                                  ("vit_micro", "vanilla", 1.4, 1e6)) for b in (2, 4)]  # an older file's vocabulary
     bench.write_text(json.dumps({"meta": {"command": "revtransfer bench", "machine": {}}, "records": recs}))
     out = tmp_path / "reports"
     r = CliRunner().invoke(main, ["report", "--results", str(results), "--bench", str(bench),

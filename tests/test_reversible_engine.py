@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import assert_same_grads, compare_modes, count_saved_bytes, grads_of
+from helpers import assert_same_grads, compare_modes, count_saved_bytes
 from revtransfer.reversible import (
     BACKPROP_MODES,
     RNGState,

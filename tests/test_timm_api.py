@@ -116,3 +116,12 @@ def test_set_grad_checkpointing_maps_onto_the_backward_modes():
     assert model.backprop == "reprop"
     model.set_grad_checkpointing(False)
     assert model.backprop == "backprop" and not model.grad_checkpointing
+
+
+def test_revmvit_stage_sizes_follow_the_convolutions_at_any_input_size():
+    """72 px is no multiple of the 32 px stride: each stage rounds up, as its strided convolutions do."""
+    torch.manual_seed(0)
+    model = timm.create_model("revmvit_tiny", **dict(MVIT, img_size=72)).eval()
+    with torch.no_grad():
+        feats = model.forward_intermediates(torch.randn(1, 3, 72, 72), intermediates_only=True)
+    assert [tuple(f.shape[2:]) for f in feats] == [(18, 18), (9, 9), (5, 5)]

@@ -101,7 +101,7 @@ def test_missing_dataset_is_named(tmp_path):
         pretrain(_cfg(tmp_path / "nope", tmp_path / "run"), progress=False)
     incomplete = write_dataset(tmp_path / "partial", n=20)
     (incomplete / "manifest.json").unlink()
-    with pytest.raises(ValueError, match="incomplete"):
+    with pytest.raises(ValueError, match="not a complete clevr_gen dataset: manifest.json is missing"):
         pretrain(_cfg(incomplete, tmp_path / "run"), progress=False)
 
 

@@ -3,27 +3,7 @@ from __future__ import annotations
 
 import click
 
-
-def _ints(value: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers")
-    if not out or any(v <= 0 for v in out):
-        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 8,16,32")
-    return out
-
-
-def _kwargs(pairs) -> dict:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"{pair!r}: model kwargs are KEY=VALUE, e.g. depth=24")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
+from revtransfer.options import parse_model_kwargs, parse_positive_ints
 
 
 @click.command()
@@ -64,8 +44,8 @@ def bench(model_name, modes, batch_sizes, steps, warmup, device, amp, reference,
         what = "OOM" if rec.status == "oom" else f"{rec.samples_per_s:.1f} samples/s"
         click.echo(f"  {rec.model} {rec.mode} bs={rec.batch_size}: {what}", err=True)
 
-    records, _ = run_benchmark(model_name, mode_list, _ints(batch_sizes), steps, warmup, device, amp, reference,
-                               _kwargs(model_kw), seq_len, progress)
+    records, _ = run_benchmark(model_name, mode_list, parse_positive_ints(batch_sizes), steps, warmup, device, amp, reference,
+                               parse_model_kwargs(model_kw), seq_len, progress)
     click.echo(format_table(records))
     if out:
         meta = provenance(resolved_command(click.get_current_context()))
@@ -90,8 +70,8 @@ def bench_reconstruction(model_name, depths, dtype, device, model_kw, out):
     from revtransfer.atomic import atomic_write_json
     from revtransfer.provenance import provenance, resolved_command
 
-    records = reconstruction_errors(model_name, _ints(depths), dtype=getattr(torch, dtype), device=device,
-                                    model_kwargs=_kwargs(model_kw))
+    records = reconstruction_errors(model_name, parse_positive_ints(depths), dtype=getattr(torch, dtype), device=device,
+                                    model_kwargs=parse_model_kwargs(model_kw))
     for r in records:
         click.echo(f"{r['model']} depth={r['depth']:>3} {r['dtype']}: max relative error {r['max_rel_error']:.3e}")
     if out:

@@ -49,7 +49,7 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class BenchRecord:
     model: str
-    mode: str  # backprop / reprop / pareprop, or "vanilla" for a non-reversible reference model
+    mode: str  # backprop / reprop / pareprop (a non-reversible model: backprop)
     batch_size: int
     device: str
     status: str = "ok"  # ok | oom
@@ -64,7 +64,7 @@ class BenchRecord:
     amp: str = "none"
     input_shape: list[int] | None = None
     num_params: int | None = None
-    reference_for: str | None = None  # a "vanilla" row: the reversible model it is the reference of
+    reference_for: str | None = None  # the non-reversible reference row of this reversible model
     error: str | None = None  # why a batch size counted as out of memory (allocator, cuBLAS/cuDNN workspace)
 
     def to_dict(self) -> dict:
@@ -236,7 +236,7 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
                   seq_len: int | None = None, progress=None, deadline: float | None = None, done=(),
                   clock=time.monotonic):
     """Benchmark ``model_name`` in each mode at each batch size (stopping a mode at its first OOM),
-    plus the non-reversible reference model in its only mode ("vanilla").
+    plus the non-reversible reference model in its only mode (backprop; ``reference_for`` set).
 
     ``done``: records (dicts) of an earlier, interrupted run: their configurations are not measured
     again. ``deadline`` (on ``clock``): no measurement is started that would likely end after it.
@@ -247,13 +247,13 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
         raise ValueError(f"unknown amp {amp!r}; choose one of: {', '.join(AMP_DTYPES)}")
     if reference == "auto":
         reference = REFERENCE_MODELS.get(model_name)
-    jobs = [(model_name, m) for m in modes]
+    jobs = [(model_name, m, False) for m in modes]
     if reference:
-        jobs.append((reference, "vanilla"))
+        jobs.append((reference, "backprop", True))
     earlier = {(r["model"], r["mode"], r["batch_size"]): r["status"] for r in done}
     predict = _Predictor()
     records = []
-    for name, mode in jobs:
+    for name, mode, is_reference in jobs:
         todo = []
         for bs in batch_sizes:
             status = earlier.get((name, mode, bs))
@@ -266,15 +266,15 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
             continue
         started = clock()
         torch.manual_seed(0)
-        kwargs = model_kwargs if mode != "vanilla" else _reference_kwargs(model_kwargs)
+        kwargs = _reference_kwargs(model_kwargs) if is_reference else model_kwargs
         model = create_model(name, **kwargs).to(device)
-        if not is_reversible(model) and mode != "vanilla":
+        if not is_reversible(model) and not is_reference and mode != "backprop":
             raise ValueError(f"{name} is not reversible: it has no backward mode {mode!r}")
         for bs in todo:
             if deadline is not None and clock() + predict(bs) > deadline:
                 return records, False
             rec = bench_one(model, name, mode, bs, steps, warmup, device, amp, seq_len)
-            if mode == "vanilla":
+            if is_reference:
                 rec.reference_for = model_name
             predict.add(bs, clock() - started)  # the first one of a mode includes building the model
             started = clock()

@@ -46,6 +46,11 @@ from ._revparts import (
 )
 
 
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution or pooling (floor mode)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def _pair(v):
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
@@ -106,7 +111,8 @@ class MViTTransition(nn.Module):
             stride_q=stride_q, stride_kv=stride_kv, mode=mode, has_cls_token=False, expand_attn=expand_attn,
             rel_pos_type=rel_pos_type, residual_pooling=residual_pooling,
         )
-        self.out_size = [s // st for s, st in zip(feat_size, stride_q)]
+        # q pooling: kernel_qkv with padding kernel // 2, as in MViTv2; sizes need not divide the stride
+        self.out_size = [_conv_out(s, k, st, k // 2) for s, k, st in zip(feat_size, kernel_qkv, stride_q)]
 
     def forward(self, x1, x2):
         x = self.fuse(x1, x2) if self.fuse is not None else x1
@@ -171,7 +177,8 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         self.patch_embed = ConvPatchEmbed(in_chans, dims[0], kernel=_pair(patch_kernel), stride=_pair(patch_stride),
                                           padding=_pair(patch_padding))
         self.patch_embed.img_size = img_size  # the input size this (fixed-size) model was built for
-        feat_size = [img_size[0] // _pair(patch_stride)[0], img_size[1] // _pair(patch_stride)[1]]
+        feat_size = [_conv_out(s, k, st, p) for s, k, st, p in
+                     zip(img_size, _pair(patch_kernel), _pair(patch_stride), _pair(patch_padding))]
         self.patch_grid = tuple(feat_size)
         dpr = stage_drop_path_rates(drop_path_rate, depths)
         attn_kwargs = dict(mode=mode, rel_pos_type=rel_pos_type, residual_pooling=residual_pooling)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,12 +18,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from revtransfer.errors import UserError
+
 from . import convert
 
 FORMATS = ("auto", "revtransfer", "timm_vit", "slowfast_revvit")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or not what was expected; the message names the path."""
 
 
@@ -40,7 +43,9 @@ def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
             return load_file(str(path), device=str(map_location))
         # weights_only: a checkpoint is data, never code (ours are saved that way); a pickle that
         # names a function or class to call is refused before anything is called.
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol N": the refusal below says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on torn files
         raise _unreadable(path, e) from e
 

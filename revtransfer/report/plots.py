@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 _ARCH_STYLE = {"vit_micro": dict(color="#4C72B0", marker="o", label="ViT-Micro"),
                "revvit_micro": dict(color="#DD8452", marker="s", label="RevViT-Micro")}
 _MODE_STYLE = {"backprop": dict(color="#4C72B0", marker="o"), "reprop": dict(color="#C44E52", marker="s"),
-               "pareprop": dict(color="#55A868", marker="^"), "vanilla": dict(color="#8172B2", marker="x", ls="--")}
+               "pareprop": dict(color="#55A868", marker="^"), "reference": dict(color="#8172B2", marker="x", ls="--")}
 
 
 def _save(fig, path: Path) -> Path:
@@ -74,7 +74,9 @@ def bench_curves(bench: pd.DataFrame, path: Path, metric: str) -> Path:
         for (model, mode), gm in g.groupby(["model", "mode"]):
             gm = gm.sort_values("batch_size")
             y = gm["samples_per_s"] if metric == "throughput" else gm["activation_bytes_per_sample"] * gm["batch_size"] / scale
-            ax.plot(gm["batch_size"], y, label=f"{model} {mode}" if mode != "vanilla" else f"{model}", **_MODE_STYLE.get(mode, {}))
+            reference = "reference_for" in gm and gm["reference_for"].notna().any()
+            ax.plot(gm["batch_size"], y, label=model if reference else f"{model} {mode}",
+                    **_MODE_STYLE.get("reference" if reference else mode, {}))
         ax.set_xscale("log", base=2)
         sizes = sorted(g["batch_size"].unique())
         ax.set_xticks(sizes, [str(b) for b in sizes])

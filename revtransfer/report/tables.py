@@ -113,8 +113,12 @@ def load_bench(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
         data = json.loads(p.read_text())
         meta = dict(data.get("meta", {}), file=str(p))
         metas.append(meta)
-        for r in data.get("records", []):
+        rows = data.get("records", [])
+        studied = next((r["model"] for r in rows if r.get("mode") not in (None, "vanilla")), None)
+        for r in rows:
             row = dict(r, source=p.name, device_name=meta.get("machine", {}).get("gpu") or "cpu")
+            if row.get("mode") == "vanilla":  # files written before the one vocabulary: a reference row
+                row.update(mode="backprop", reference_for=studied)
             (recon if "max_rel_error" in r else records).append(row)
     return pd.DataFrame(records), pd.DataFrame(recon), metas
 
@@ -137,11 +141,12 @@ def bench_summary(bench: pd.DataFrame) -> pd.DataFrame:
     if bench.empty:
         return pd.DataFrame()
     ok = bench[bench["status"] == "ok"]
+    if "reference_for" not in ok:
+        ok = ok.assign(reference_for=None)
+    is_ref = ok["reference_for"].notna()
     out = []
-    for (source, model), g in ok[ok["mode"] != "vanilla"].groupby(["source", "model"]):
-        ref = ok[(ok["source"] == source) & (ok["mode"] == "vanilla")]
-        if "reference_for" in ref and ref["reference_for"].notna().any():  # one file, several models
-            ref = ref[ref["reference_for"] == model]
+    for (source, model), g in ok[~is_ref].groupby(["source", "model"]):
+        ref = ok[is_ref & (ok["source"] == source) & (ok["reference_for"] == model)]
         by_mode = {m: gm.set_index("batch_size")["samples_per_s"] for m, gm in g.groupby("mode")}
         row = {"source": source, "model": model, "device": g["device_name"].iloc[0]}
         if "pareprop" in by_mode and "reprop" in by_mode:

@@ -9,20 +9,12 @@ import sys
 import click
 import yaml
 
+from revtransfer.errors import yaml_problem
+from revtransfer.options import parse_model_kwargs
+from revtransfer.launch.options import launcher_options, pop_launcher_options
 from revtransfer.reversible import BACKPROP_MODES
 
 from .config import PRECISIONS, PretrainConfig
-
-
-def parse_model_kwargs(items: tuple[str, ...]) -> dict:
-    """("depth=2", "embed_dim=64") -> {"depth": 2, "embed_dim": 64}; values parsed as YAML."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. depth=2)", param_hint="--model-kw")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 @click.command(context_settings={"show_default": True})
@@ -53,19 +45,32 @@ def parse_model_kwargs(items: tuple[str, ...]) -> dict:
               help="Instead of training, time N training steps of this config on this data and write "
                    "throughput.json into --out.")
 @click.option("--progress/--no-progress", default=True)
+@launcher_options(extra=[
+    click.option("--nodes", type=int, help="With --launcher slurm: machines.  [default: 1]"),
+    click.option("--tasks-per-node", type=int,
+                 help="With --launcher slurm: DDP processes per machine, one per GPU.  [default: 1]")])
 def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_size, lr, weight_decay, fraction,
-             val_frac, seed, precision, amp, device, init_checkpoint, init_format, resume, benchmark_steps, progress):
+             val_frac, seed, precision, amp, device, init_checkpoint, init_format, resume, benchmark_steps, progress,
+             **launch):
     """Pretrain a model on has_x of a clevr_gen DATASET (the study's recipe by default).
 
     \b
     revtransfer pretrain data/pt-corr0.8 --out runs/vit --arch vit_micro --epochs 40
     revtransfer pretrain data/pt-corr0.8 --out runs/rev --arch revvit_micro --backprop pareprop --amp
     torchrun --nproc-per-node 4 -m revtransfer.cli pretrain data/pt --out runs/ddp   # DDP
+    revtransfer pretrain data/pt --out runs/ddp --launcher slurm --nodes 2 --tasks-per-node 4 --gpus-per-task 1
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    nodes, tasks_per_node = launch.pop("nodes"), launch.pop("tasks_per_node")
+    launcher, slurm, wait = pop_launcher_options(launch, slurm_only={"--nodes": nodes, "--tasks-per-node": tasks_per_node})
     base = {}
     if config_file:
-        data = yaml.safe_load(open(config_file)) or {}
+        try:
+            data = yaml.safe_load(open(config_file)) or {}
+        except yaml.YAMLError as e:
+            raise click.BadParameter(f"{config_file} is not valid YAML: {yaml_problem(e)}", param_hint="--config")
+        if not isinstance(data, dict):
+            raise click.BadParameter(f"{config_file} holds no mapping of settings", param_hint="--config")
         base = dict(data.get("config", data))
     given = dict(dataset=dataset, out=out, arch=arch, backprop=backprop, epochs=epochs, batch_size=batch_size,
                  lr=lr, weight_decay=weight_decay, fraction=fraction, val_frac=val_frac, seed=seed,
@@ -83,6 +88,11 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
 
+    if launcher == "slurm":
+        if benchmark_steps:
+            raise click.UsageError("--benchmark-steps runs in this process; drop --launcher slurm")
+        return _pretrain_on_slurm(cfg.replace(out=os.path.abspath(cfg.out)), slurm, nodes or 1, tasks_per_node or 1,
+                                  resume, wait)
     if benchmark_steps:
         from .throughput import benchmark_config
 
@@ -100,3 +110,24 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
         if rank != 0:
             return
     click.echo(json.dumps(vars(result), indent=2))
+
+
+def _pretrain_on_slurm(cfg, options, nodes, tasks_per_node, resume, wait):
+    """DDP through submitit: one task per GPU; the run dir is a local run's."""
+    from revtransfer.launch import LaunchError
+    from revtransfer.launch.runs import how_to_follow, submit_pretrain, wait_run
+
+    try:
+        record = submit_pretrain(cfg, options, nodes=nodes, tasks_per_node=tasks_per_node, resume=resume)
+    except LaunchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"pretrain: SLURM job {record.job_id}, {nodes} node(s) x {tasks_per_node} task(s) "
+               f"({options.describe(tasks_per_node=tasks_per_node)}); run dir {cfg.out}")
+    if not wait:
+        click.echo(how_to_follow(record))
+        return
+    try:
+        result = wait_run(record, echo=click.echo)
+    except LaunchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(result, indent=2))

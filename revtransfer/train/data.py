@@ -8,95 +8,19 @@ distributed runs see exactly the batches of an uninterrupted single-process run.
 """
 from __future__ import annotations
 
-import json
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Iterator, Sequence
 
-# Re-exported: the split helpers the loop uses live in revtransfer.data.
+# Re-exported: the dataset reader and the split helpers the loop uses live in revtransfer.data.
 __all__ = ["BatchLoader", "ClevrArrays", "DatasetError", "Normalize", "holdout_split", "open_dataset",
            "split_indices", "subset_fraction"]
 
 import numpy as np
 import torch
 
-from revtransfer.data import DatasetIncompleteError, read_labels, split_indices, subset_fraction
-from revtransfer.data.clevr import read_manifest
-
-
-class DatasetError(ValueError):
-    pass
-
-
-@dataclass
-class ClevrArrays:
-    """A clevr_gen dataset dir opened read-only: memory-mapped images plus the label table."""
-
-    path: Path
-    images: np.ndarray            # uint8 (N, H, W, 3), memory-mapped
-    labels: dict[str, np.ndarray]  # labels.csv columns (index, has_x, has_y, n_objects, ...)
-    manifest: dict
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.images.shape[1]), int(self.images.shape[2])
-
-    def column(self, name: str) -> np.ndarray:
-        if name not in self.labels:
-            raise DatasetError(f"{self.path}/labels.csv has no column {name!r}; it has {', '.join(self.labels)}")
-        return self.labels[name]
-
-    def binary_labels(self, name: str) -> np.ndarray:
-        y = self.column(name).astype(np.int64)
-        bad = set(np.unique(y).tolist()) - {0, 1}
-        if bad:
-            raise DatasetError(f"{self.path}/labels.csv column {name!r} is not binary (values {sorted(bad)})")
-        return y
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies the dataset's content: from its manifest (seed, spec, stats), not its path."""
-        import hashlib
-
-        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def open_dataset(path: str | Path) -> ClevrArrays:
-    """Open a complete clevr_gen dataset dir (``manifest.json`` present: it is written last).
-
-    Unlike the item-wise :class:`revtransfer.data.ClevrDataset`, this hands out the whole
-    memory map, so that a batch is one fancy-indexed read instead of ``batch_size`` item reads."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DatasetError(f"dataset dir {path} does not exist; make one with `revtransfer gen`")
-    try:
-        manifest = read_manifest(path)
-    except DatasetIncompleteError as e:
-        raise DatasetError(f"dataset dir {path} is incomplete: {e}") from e
-    for name in ("images.npy", "labels.csv"):
-        if not (path / name).exists():
-            raise DatasetError(f"dataset dir {path} lacks {name}"
-                               + (" (a PNG-format dataset: pretraining reads images.npy; regenerate "
-                                  "with the npy format)" if name == "images.npy" else ""))
-    try:
-        images = np.load(path / "images.npy", mmap_mode="r")
-    except (ValueError, OSError) as e:
-        raise DatasetError(f"{path / 'images.npy'} is unreadable: {e}") from e
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise DatasetError(f"{path / 'images.npy'} must be uint8 (N, H, W, 3); it is {images.dtype} {images.shape}")
-    labels = read_labels(path)
-    n_rows = len(next(iter(labels.values()))) if labels else 0
-    if n_rows != len(images):
-        raise DatasetError(f"{path}: labels.csv has {n_rows} rows but images.npy {len(images)} images")
-    if "index" in labels and not np.array_equal(labels["index"], np.arange(n_rows)):
-        raise DatasetError(f"{path}/labels.csv: column 'index' is not 0..N-1 in order")
-    return ClevrArrays(path, images, labels, manifest)
+from revtransfer.data import ClevrArrays, DatasetError, open_dataset, split_indices, subset_fraction
 
 
 # --- splits ---------------------------------------------------------------------------------------

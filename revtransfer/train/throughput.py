@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from revtransfer.models import is_reversible
-from revtransfer.provenance import git_commit, machine
+from revtransfer.options import parse_model_kwargs
+from revtransfer.provenance import provenance
 from revtransfer.reversible import BACKPROP_MODES
 
 from revtransfer.atomic import atomic_write_json
@@ -90,11 +91,6 @@ def time_training_steps(cfg: PretrainConfig, images: np.ndarray, labels: np.ndar
     }
 
 
-def _provenance() -> dict:
-    return {"torch_version": torch.__version__, "git_commit": git_commit(), "machine": machine(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
 def benchmark_config(cfg: PretrainConfig, steps: int, warmup: int = 3, progress: bool = True) -> dict:
     """Time ``cfg`` on its own dataset (train part); writes ``<cfg.out>/throughput.json``."""
     data = open_dataset(cfg.dataset)
@@ -102,7 +98,7 @@ def benchmark_config(cfg: PretrainConfig, steps: int, warmup: int = 3, progress:
     idx = subset_fraction(train_all, cfg.fraction, cfg.seed)
     record = {**time_training_steps(cfg, data.images, data.binary_labels(cfg.label), idx, steps=steps,
                                     warmup=warmup, progress=progress),
-              "dataset": str(cfg.dataset), **_provenance()}
+              "dataset": str(cfg.dataset), **provenance()}
     atomic_write_json(Path(cfg.out) / "throughput.json", record)
     return record
 
@@ -123,7 +119,7 @@ def benchmark_models(archs: Sequence[str], modes: Sequence[str] = BACKPROP_MODES
         for mode in modes if _reversible(base) else ["backprop"]:
             rec = time_training_steps(base.replace(backprop=mode), images, labels, np.arange(n), steps=steps,
                                       warmup=warmup, progress=progress)
-            records.append({**rec, **_provenance()})
+            records.append({**rec, **provenance()})
             print(f"{arch:14s} {rec['mode']:9s} bs {batch_size}: {rec['samples_per_s']:8.1f} samples/s "
                   f"(loop {rec['samples_per_s_loop']:.1f}), peak {rec['peak_mem_mb']:.0f} MB", file=sys.stderr)
     return records
@@ -147,8 +143,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp64"))
     a = p.parse_args(argv)
-    from .cli import parse_model_kwargs
-
     kwargs = parse_model_kwargs(tuple(a.model_kw))
     kwargs.setdefault("img_size", a.img_size)
     records = benchmark_models(a.arch or ["vit_micro", "revvit_micro"], a.mode or list(BACKPROP_MODES),
