@@ -1,4 +1,4 @@
-"""``revtransfer detect``: train and evaluate frozen-backbone ViTDet, and measure its speed."""
+"""``revtransfer detect``: train and evaluate frozen-backbone detectors, and measure their speed."""
 from __future__ import annotations
 
 import click
@@ -53,9 +53,11 @@ def _run_args(kw: dict, **extra):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def detect():
-    """Frozen-backbone ViTDet (detectron2) with our ViT and RevViT backbones.
+    """Frozen-backbone detection (detectron2): ViT and RevViT under ViTDet's simple pyramid,
+    hierarchical models (RevSwin, RevMViT) under an FPN.
 
-    OVERRIDES are detectron2 LazyConfig overrides, e.g. train.max_iter=200 optimizer.lr=1e-4.
+    OVERRIDES are detectron2 LazyConfig overrides, e.g. optimizer.lr=1e-4 train.eval_period=500;
+    train.max_iter=N rescales the LR schedule to N iterations, as --max-iter does.
     """
 
 
