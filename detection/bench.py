@@ -19,10 +19,9 @@ from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from .config import backbone_net, build_config
-import datetime
+from revtransfer.provenance import git_commit, library_versions, utc_now
 
-from .results import git_commit, versions
+from .config import backbone_net, build_config
 
 # Backward ops that only the backbone produces (timm attention, native LayerNorm).
 _BACKBONE_BACKWARD = ("ScaledDotProductAttention", "scaled_dot_product", "NativeLayerNormBackward",
@@ -128,7 +127,7 @@ def run_bench(config: str, out: str, iters: int = 5, warmup: int = 2, batch_size
         "batch_size": batch_size, "iters": iters, "warmup": warmup, "device": device,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch_threads": torch.get_num_threads(), "amp_bf16": amp, "overrides": list(overrides),
-        "git_commit": git_commit(), "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(), "versions": library_versions(), "date": utc_now(),
     }
     torch.manual_seed(0)
     record["frozen"] = _time_variant(cfg, batch, iters, warmup, device, amp)

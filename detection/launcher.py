@@ -11,7 +11,6 @@ Files of a run (``train.output_dir``): ``config.yaml`` (the full config, reloada
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from revtransfer.atomic import atomic_write_json
+from revtransfer.provenance import git_commit, library_versions, utc_now
 
 from . import results as results_table
 from .config import backbone_net, build_config, prepare
@@ -173,11 +173,11 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None) -> dict:
         "weights": args.weights or "",
         "output_dir": str(cfg.train.output_dir),
         "wall_time_s": None if wall_time_s is None else round(wall_time_s, 2),
-        "git_commit": results_table.git_commit(),
-        "versions": results_table.versions(),
+        "git_commit": git_commit(),
+        "versions": library_versions(),
         "command": " ".join(sys.argv),
         "overrides": list(args.overrides),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": utc_now(),
     }
 
 

@@ -9,24 +9,11 @@ from __future__ import annotations
 import json
 import os
 
-from revtransfer.provenance import git_commit, library_versions
 
 SWEEP = "detection"
 # The six summary numbers detectron2 reports per task; per-class APs stay in eval_results.json.
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASK_PREFIX = {"bbox": "box", "segm": "mask"}
-
-
-def versions() -> dict[str, str]:
-    out = library_versions()
-    for name in ("faster-coco-eval", "pycocotools"):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name)
-        except Exception:  # not installed: nothing to record
-            pass
-    return out
 
 
 def metrics_columns(metrics: dict) -> dict:
@@ -62,4 +49,4 @@ def append_detection_row(table_dir: str | os.PathLike, info: dict, metrics: dict
     return row
 
 
-__all__ = ["SWEEP", "append_detection_row", "detection_row", "git_commit", "metrics_columns", "versions"]
+__all__ = ["SWEEP", "append_detection_row", "detection_row", "metrics_columns"]

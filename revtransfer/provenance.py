@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-_PACKAGES = ("torch", "torchvision", "timm", "numpy", "numba", "pillow", "detectron2", "scikit-learn", "revtransfer")
+_PACKAGES = ("torch", "torchvision", "timm", "numpy", "numba", "pillow", "detectron2", "scikit-learn",
+             "faster-coco-eval", "pycocotools", "revtransfer")  # those installed are recorded
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
