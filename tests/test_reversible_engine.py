@@ -156,15 +156,40 @@ class AutocastProbe(nn.Module):
 @pytest.mark.parametrize("mode", REV_MODES)
 def test_recomputation_runs_under_forward_autocast_state(mode):
     torch.manual_seed(0)
-    f, g = AutocastProbe(8), AutocastProbe(8)
-    model = TwoStreamModel(ReversibleStack([ReversibleCoupling(f, g)], mode=mode)).train()
+    probes = [AutocastProbe(8) for _ in range(4)]
+    blocks = [ReversibleCoupling(probes[0], probes[1]), ReversibleCoupling(probes[2], probes[3])]
+    model = TwoStreamModel(ReversibleStack(blocks, mode=mode)).train()
     x = torch.randn(2, 3, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.float32  # residual streams stay in float32, F/G run in bf16
-    f.seen.clear(), g.seen.clear()
+    for p in probes:
+        p.seen.clear()
     out.sum().backward()  # autograd runs backward with autocast off; recompute must turn it on
-    assert f.seen == [(True, True, torch.bfloat16)] and g.seen == [(True, True, torch.bfloat16)]
+    assert probes[0].seen == probes[1].seen == [(True, True, torch.bfloat16)]
+    assert probes[2].seen == probes[3].seen == []  # the last block kept its forward's graphs
+
+
+@pytest.mark.parametrize("mode", REV_MODES)
+def test_only_the_last_block_keeps_its_graphs(mode):
+    """Backward recomputes every block but the last, whose forward kept its graphs; a second
+    backward of the same graph (retain_graph) recomputes that one too."""
+    calls = []
+
+    class Counting(Sublayer):
+        def forward(self, x):
+            calls.append(self)
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    blocks = [ReversibleCoupling(Counting(8), Counting(8)) for _ in range(3)]
+    model = TwoStreamModel(ReversibleStack(blocks, mode=mode).double()).train()
+    out = model(torch.randn(2, 3, 8, dtype=torch.float64))
+    assert len(calls) == 6
+    loss_fn(out).backward(retain_graph=True)
+    assert len(calls) == 6 + 4  # blocks 0 and 1, F and G
+    loss_fn(out).backward()
+    assert len(calls) == 10 + 6
 
 
 def test_autocast_bf16_grads_close_to_backprop():

@@ -87,5 +87,6 @@ def test_sweep_killed_mid_cell_resumes(tmp_path):
                                  "--model-kw", "embed_dim=16", "--model-kw", "depth=2", "--model-kw", "num_heads=2",
                                  "--batch-size", "16", "--benchmark-steps", "3", "--no-progress"])
     assert bench.exit_code == 0, bench.output
-    record = json.loads((tmp_path / "bench" / "throughput.json").read_text())
-    assert record["mode"] == "pareprop" and record["samples_per_s"] > 0 and record["git_commit"] != ""
+    written = json.loads((tmp_path / "bench" / "throughput.json").read_text())
+    record = written["records"][0]
+    assert record["mode"] == "pareprop" and record["samples_per_s"] > 0 and written["meta"]["git_commit"] != ""

@@ -57,6 +57,11 @@ def side_stream(device: torch.device) -> "torch.cuda.Stream":
     return _SIDE_STREAMS[index]
 
 
+def current_lane(device: torch.device) -> Lane:
+    """The caller's lane: the current stream on CUDA, program order elsewhere."""
+    return Lane(torch.cuda.current_stream(device)) if device.type == "cuda" else Lane()
+
+
 def lanes_for(mode: str, device: torch.device) -> list[Lane]:
     """reprop: one lane. pareprop: the current stream plus a side stream on CUDA; on CPU both
     lanes are program order (same schedule, no concurrency)."""

@@ -19,6 +19,11 @@ step overlaps with the other lane's step:
 
 Any depth works: nothing pairs blocks up, the last block simply has no recover(i-1) to overlap.
 
+The stack's last block is not recomputed at all: its forward already ran with its F and G graphs
+kept (:func:`forward_keeping_graphs`), which stores one block's activations (constant in depth)
+and saves 1/depth of the recompute (a quarter for the 4-block study models). A second backward
+through the same graph (``retain_graph``) recomputes it like the others.
+
 Parameters are differentiated through aliases made on the lane itself (:func:`lane_parameters`).
 A parameter's gradient accumulator node belongs to the stream it was created on, and the stack's
 forward created it on the main stream; differentiating the real parameter on the side lane makes
@@ -28,6 +33,7 @@ serialise the half of the schedule that runs there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,7 +41,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .coupling import uncouple
+from .coupling import couple, uncouple
 from .lanes import Lane
 from .state import AutocastState, RNGState
 
@@ -79,11 +85,16 @@ def lane_parameters(module: nn.Module, wanted: set[int]) -> tuple[dict[str, torc
     return aliases, leaves
 
 
-def _record(module: nn.Module, rng: RNGState | None, side: tuple, wanted: set[int]):
-    """``module`` as a sublayer for :func:`uncouple` that records its graph against fresh leaves."""
+def _record(module: nn.Module, rng: RNGState | None, side: tuple, wanted: set[int], snapshots: list | None = None,
+            devices: list[int] | None = None):
+    """``module`` as a sublayer for :func:`couple` / :func:`uncouple` that records its graph against
+    fresh leaves, under ``rng`` if given; with ``snapshots``, first appends the RNG state it draws
+    from (``devices`` None: no snapshot)."""
     graph = []
 
     def run(x):
+        if snapshots is not None:
+            snapshots.append(RNGState.capture(devices) if devices is not None else None)
         with torch.enable_grad():
             aliases, leaves = lane_parameters(module, wanted)
             leaf = x.detach().requires_grad_()
@@ -102,6 +113,17 @@ def recover(block, rng: BlockRNG, y1, y2, side: tuple, autocast: AutocastState, 
         g, g_graph = _record(block.g, rng.g, side, wanted)
         x1, x2 = uncouple(f, g, y1, y2)  # the subtractions stay out of the graphs (no_grad)
         return _Recovered(x1, x2, g_graph[0], f_graph[0], lane, lane.record())
+
+
+def forward_keeping_graphs(block, x1, x2, side: tuple, lane: Lane, wanted: set[int], devices: list[int] | None):
+    """The block's forward that keeps its F and G graphs, as :func:`recover` would rebuild them.
+    Returns its outputs, the graphs (for :func:`grads`) and its RNG snapshots."""
+    snapshots = []
+    with lane.active(), torch.no_grad():
+        f, f_graph = _record(block.f, None, side, wanted, snapshots, devices)
+        g, g_graph = _record(block.g, None, side, wanted, snapshots, devices)
+        y1, y2 = couple(f, g, x1, x2)
+        return y1, y2, _Recovered(x1, x2, g_graph[0], f_graph[0], lane, lane.record()), BlockRNG(*snapshots)
 
 
 def _grad(graph: _Graph, grad_output):
@@ -130,10 +152,12 @@ def run_backward(
     autocast: AutocastState,
     lanes: Sequence[Lane],
     wanted: set[int],
+    last: _Recovered | None = None,
 ):
     """Backward through the stack. ``lanes[0]`` is the caller's lane (current stream); with one lane
     this is reprop, with two it is pareprop. ``wanted``: ids of the parameters whose grads are
-    needed. Returns dX1, dX2 and per block the grads of its wanted F and G parameters, in
+    needed; ``last``: the last block's graphs kept by its forward (made on the caller's stream).
+    Returns dX1, dX2 and per block the grads of its wanted F and G parameters, in
     ``parameters()`` order."""
     n = len(blocks)
     main = lanes[0]
@@ -152,7 +176,10 @@ def run_backward(
         lane.wait(main.record())
 
     per_block = [None] * n
-    rec = recover(blocks[n - 1], rngs[n - 1], y1, y2, side, autocast, lane_of(n - 1), wanted)
+    if last is not None:  # lane_of(n - 1) is main, the stream its forward ran on
+        rec = dataclasses.replace(last, lane=main, done=None)
+    else:
+        rec = recover(blocks[n - 1], rngs[n - 1], y1, y2, side, autocast, lane_of(n - 1), wanted)
     grads_done = None
     for i in range(n - 1, -1, -1):
         nxt = None

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from .coupling import ReversibleCoupling, couple
-from .lanes import lanes_for
-from .schedule import BlockRNG, run_backward
+from .lanes import current_lane, lanes_for
+from .schedule import BlockRNG, forward_keeping_graphs, run_backward
 from .state import AutocastState, RNGState, _cuda_devices
 
 BACKPROP_MODES = ("backprop", "reprop", "pareprop")
@@ -40,11 +40,17 @@ class _ReversibleStackFunction(torch.autograd.Function):
         devices = _cuda_devices((x1, x2)) if stack.preserve_rng_state else None
         rngs = []
         with torch.no_grad():
-            for block in blocks:
+            for block in blocks[:-1]:
                 snapshots = []
                 x1, x2 = couple(_snapshotting(block.f, side, snapshots, devices),
                                 _snapshotting(block.g, side, snapshots, devices), x1, x2)
                 rngs.append(BlockRNG(*snapshots))
+        # The last block keeps its graphs: its backward needs no recompute (see schedule.py).
+        params = list(blocks.parameters())
+        wanted = {id(p) for p, need in zip(params, ctx.needs_input_grad[5 + num_side:]) if need}
+        x1, x2, ctx.last, rng = forward_keeping_graphs(blocks[-1], x1, x2, side, current_lane(x1.device), wanted,
+                                                       devices)
+        rngs.append(rng)
         ctx.blocks = blocks
         ctx.mode = stack.mode
         ctx.rngs = rngs
@@ -61,8 +67,9 @@ class _ReversibleStackFunction(torch.autograd.Function):
         flat_params = list(blocks.parameters())
         first_param = 5 + ctx.num_side  # after stack, blocks, num_side, x1, x2 and the side inputs
         wanted = {id(p) for p, need in zip(flat_params, ctx.needs_input_grad[first_param:]) if need}
+        last, ctx.last = ctx.last, None  # its graphs are freed by this backward; another one recomputes
         dx1, dx2, per_block = run_backward(blocks, ctx.rngs, y1, y2, dy1, dy2, tuple(side), ctx.autocast,
-                                           lanes_for(ctx.mode, y1.device), wanted)
+                                           lanes_for(ctx.mode, y1.device), wanted, last)
         # Parameter grads are returned rather than accumulated into .grad inside this backward: that
         # keeps autograd.grad / backward(inputs=...) exact and DDP's per-iteration hooks valid. With
         # .grad None at the step's start (zero_grad(set_to_none=True)) autograd adopts these tensors
@@ -82,7 +89,8 @@ class ReversibleStack(nn.Module):
     """A sequence of :class:`ReversibleCoupling` blocks run as one reversible unit.
 
     ``mode``: ``"backprop"`` (plain autograd, stores activations: the reference), ``"reprop"``
-    (stores only the stack's outputs; inputs reconstructed block by block in backward) or
+    (stores the stack's outputs and its last block's activations; the other blocks' inputs are
+    reconstructed block by block in backward) or
     ``"pareprop"`` (as reprop, with block i-1's reconstruction overlapped with block i's gradient
     computation on a second CUDA stream). Eval mode and ``torch.no_grad()`` run the plain blocks.
 

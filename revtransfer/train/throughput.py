@@ -43,86 +43,178 @@ def _cycle(loader: BatchLoader):
         yield from loader
 
 
+class _Runner:
+    """One config's model, optimizer and batch stream, built once, timed as often as asked."""
+
+    def __init__(self, cfg: PretrainConfig, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 total_steps: int):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, images.shape[1:3]).to(device=self.device, dtype=DTYPES[cfg.precision]).train()
+        optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        scheduler = make_scheduler(optimizer, cfg.lr, total_steps, cfg.pct_start)
+        normalize = Normalize(*norm_stats(self.model), self.device, DTYPES[cfg.precision])
+        self.step = TrainStep(self.model, optimizer, scheduler, normalize, cfg.precision, cfg.grad_clip)
+        loader = BatchLoader(images, labels, indices, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                             even=False, prefetch=cfg.prefetch, pin_memory=self.device.type == "cuda")
+        self.batches = _cycle(loader)
+        self.sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+    def run(self, steps: int) -> tuple[list[float], float, int, float]:
+        """Step times (s), data wait (s), samples and wall time (s) of ``steps`` steps."""
+        times, wait, n = [], 0.0, 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            x, y = next(self.batches)
+            t1 = time.perf_counter()
+            loss, _ = self.step(x, y)
+            self.sync()
+            times.append(time.perf_counter() - t1)
+            wait += t1 - t0
+            n += len(y)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{self.cfg.arch}: loss became {loss.item()} during the benchmark")
+        return times, wait, n, time.perf_counter() - start
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.backprop if is_reversible(self.model) else "backprop"
+
+
 def time_training_steps(cfg: PretrainConfig, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
                         steps: int, warmup: int = 3, progress: bool = False) -> dict:
     """Build the model/optimizer of ``cfg`` and time ``steps`` training steps after ``warmup``."""
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be at least 1")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, images.shape[1:3]).to(device=device, dtype=DTYPES[cfg.precision]).train()
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.lr, warmup + steps, cfg.pct_start)
-    normalize = Normalize(*norm_stats(model), device, DTYPES[cfg.precision])
-    step = TrainStep(model, optimizer, scheduler, normalize, cfg.precision, cfg.grad_clip)
-    loader = BatchLoader(images, labels, indices, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                         even=False, prefetch=cfg.prefetch, pin_memory=device.type == "cuda")
-    batches = _cycle(loader)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step(*next(batches))
-    sync()
-    reset_peak_memory(device)
-    step_times, wait, n = [], 0.0, 0
-    t_start = time.perf_counter()
-    for _ in tqdm(range(steps), desc=f"{cfg.arch}/{cfg.backprop}", disable=not progress, leave=False):
-        t0 = time.perf_counter()
-        x, y = next(batches)
-        t1 = time.perf_counter()
-        loss, _ = step(x, y)
-        sync()
-        step_times.append(time.perf_counter() - t1)
-        wait += t1 - t0
-        n += len(y)
-    total = time.perf_counter() - t_start
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"{cfg.arch}: loss became {loss.item()} during the benchmark")
-    peak, kind = peak_memory_mb(device)
-    median = statistics.median(step_times)
-    return {
-        "model": cfg.arch, "mode": cfg.backprop if is_reversible(model) else "backprop",
-        "batch_size": cfg.batch_size, "image_size": list(images.shape[1:3]), "model_kwargs": cfg.model_kwargs,
-        "precision": cfg.precision, "steps": steps, "warmup": warmup,
-        "samples_per_s": cfg.batch_size / median,          # median step, the bench convention
-        "samples_per_s_loop": n / total,                    # with the data path, as a run sees it
-        "step_time_ms_median": 1e3 * median, "data_wait_frac": wait / total,
-        "peak_mem_mb": peak, "peak_mem_kind": kind, "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-    }
+    return time_interleaved([cfg], images, labels, indices, steps=steps, warmup=warmup, rounds=1,
+                            progress=progress)["records"][0]
 
 
-def benchmark_config(cfg: PretrainConfig, steps: int, warmup: int = 3, progress: bool = True) -> dict:
-    """Time ``cfg`` on its own dataset (train part); writes ``<cfg.out>/throughput.json``."""
+def _summary(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def time_interleaved(cfgs: Sequence[PretrainConfig], images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
+                     steps: int, warmup: int = 3, rounds: int = 3, progress: bool = False) -> dict:
+    """Time the training step of several configs on a shared machine, fairly.
+
+    Every config is built once and warmed up; then in each of ``rounds`` rounds every config runs
+    ``steps`` steps, in an order rotated by one per round, so that a drift of the machine's speed
+    (another job, frequency scaling) falls on all of them alike. A config's throughput in a round is
+    its batch size over its median step time; records give min / median / max over the rounds.
+    Ratios between configs that differ in one setting (precision, arch or mode) are taken within
+    each round, then summarised the same way: a ratio is only as noisy as one round."""
+    if steps < 1 or rounds < 1:
+        raise ValueError(f"steps={steps} and rounds={rounds} must be at least 1")
+    runners = [_Runner(cfg, images, labels, indices, warmup + rounds * steps) for cfg in cfgs]
+    for r in runners:
+        r.run(warmup)
+        reset_peak_memory(r.device)
+    per_round = [[None] * len(runners) for _ in range(rounds)]
+    loops = [[] for _ in runners]
+    waits = [[] for _ in runners]
+    bar = tqdm(total=rounds * len(runners), desc="benchmark", disable=not progress, leave=False)
+    for k in range(rounds):
+        for j in range(len(runners)):
+            i = (j + k) % len(runners)
+            times, wait, n, wall = runners[i].run(steps)
+            per_round[k][i] = runners[i].cfg.batch_size / statistics.median(times)
+            loops[i].append(n / wall)
+            waits[i].append(wait / wall)
+            bar.update()
+    bar.close()
+    records = []
+    for i, r in enumerate(runners):
+        rates = [per_round[k][i] for k in range(rounds)]
+        peak, kind = peak_memory_mb(r.device)
+        records.append({
+            "model": r.cfg.arch, "mode": r.mode, "precision": r.cfg.precision, "batch_size": r.cfg.batch_size,
+            "image_size": list(images.shape[1:3]), "model_kwargs": r.cfg.model_kwargs, "steps": steps,
+            "warmup": warmup, "rounds": rounds,
+            "samples_per_s": statistics.median(rates),          # median over rounds of the median step
+            "samples_per_s_rounds": _summary(rates), "samples_per_s_all": rates,
+            "samples_per_s_loop": statistics.median(loops[i]),  # with the data path, as a run sees it
+            "step_time_ms_median": 1e3 * r.cfg.batch_size / statistics.median(rates),
+            "data_wait_frac": statistics.median(waits[i]),
+            "peak_mem_mb": peak, "peak_mem_kind": kind, "device": str(r.device),
+            "torch_threads": torch.get_num_threads(),
+        })
+    return {"records": records, "ratios": _ratios(runners, per_round)}
+
+
+def _ratios(runners, per_round) -> list[dict]:
+    """For each pair of configs that differ in exactly one of (precision, arch, mode): the ratio
+    of their throughputs within each round."""
+    keys = [(r.cfg.precision, r.cfg.arch, r.mode) for r in runners]
+    names = ("precision", "arch", "mode")
+    out = []
+    for a in range(len(runners)):
+        for b in range(len(runners)):
+            diff = [n for n, x, y in zip(names, keys[a], keys[b]) if x != y]
+            if len(diff) != 1 or a == b or (diff == ["precision"] and keys[a][0] < keys[b][0]) or \
+                    (diff != ["precision"] and a > b):
+                continue  # one direction per pair: bf16/fp32, and the later config over the earlier
+            values = [rnd[b] / rnd[a] for rnd in per_round]
+            same = {n: x for n, x in zip(names, keys[a]) if n not in diff}
+            out.append({"varies": diff[0], "numerator": keys[b][names.index(diff[0])],
+                        "denominator": keys[a][names.index(diff[0])], **same, **_summary(values),
+                        "rounds": values})
+    return out
+
+
+def benchmark_configs(cfgs: Sequence[PretrainConfig], steps: int, warmup: int = 3, rounds: int = 3,
+                      progress: bool = True) -> dict:
+    """Time ``cfgs`` (same dataset, e.g. two archs x two precisions) interleaved on the dataset's
+    train part (:func:`time_interleaved`); writes ``<out>/throughput.json`` of the first config."""
+    cfg = cfgs[0]
     data = open_dataset(cfg.dataset)
     train_all, _ = holdout_split(len(data), cfg.val_frac, cfg.split_seed)
     idx = subset_fraction(train_all, cfg.fraction, cfg.seed)
-    record = {**time_training_steps(cfg, data.images, data.binary_labels(cfg.label), idx, steps=steps,
-                                    warmup=warmup, progress=progress),
-              "dataset": str(cfg.dataset), **provenance()}
-    atomic_write_json(Path(cfg.out) / "throughput.json", record)
-    return record
+    result = time_interleaved(cfgs, data.images, data.binary_labels(cfg.label), idx, steps=steps, warmup=warmup,
+                              rounds=rounds, progress=progress)
+    doc = {**result, "dataset": str(cfg.dataset), "meta": provenance()}
+    atomic_write_json(Path(cfg.out) / "throughput.json", doc)
+    return doc
+
+
+def benchmark_config(cfg: PretrainConfig, steps: int, warmup: int = 3, progress: bool = True) -> dict:
+    """One config on its own dataset: :func:`benchmark_configs` with one round."""
+    return benchmark_configs([cfg], steps, warmup, rounds=1, progress=progress)
+
+
+def format_throughput(result: dict) -> str:
+    lines = [f"{'model':14s} {'mode':9s} {'prec':5s} {'bs':>4s} {'samples/s (min/median/max over rounds)':>40s}"]
+    for r in result["records"]:
+        s = r["samples_per_s_rounds"]
+        lines.append(f"{r['model']:14s} {r['mode']:9s} {r['precision']:5s} {r['batch_size']:>4d} "
+                     f"{s['min']:12.1f} {s['median']:12.1f} {s['max']:12.1f}")
+    for q in result["ratios"]:
+        fixed = ", ".join(f"{k}={q[k]}" for k in ("precision", "arch", "mode") if k in q)
+        lines.append(f"ratio {q['numerator']}/{q['denominator']} ({fixed}): min {q['min']:.3f} median "
+                     f"{q['median']:.3f} max {q['max']:.3f}")
+    return "\n".join(lines)
 
 
 def benchmark_models(archs: Sequence[str], modes: Sequence[str] = BACKPROP_MODES, *, batch_size: int = 64,
-                     steps: int = 20, warmup: int = 3, img_size: int = 80, model_kwargs: dict | None = None,
-                     device: str = "auto", precision: str = "fp32", progress: bool = True) -> list[dict]:
-    """One record per (arch, mode) on synthetic uint8 images of the study's shape (80x80 default).
-    Non-reversible archs are measured once (mode "backprop")."""
+                     steps: int = 20, warmup: int = 3, rounds: int = 3, img_size: int = 80,
+                     model_kwargs: dict | None = None, device: str = "auto", precisions: Sequence[str] = ("fp32",),
+                     progress: bool = True) -> dict:
+    """Every (arch, mode, precision) on synthetic uint8 images of the study's shape (80x80 default),
+    interleaved (:func:`time_interleaved`). Non-reversible archs run once per precision (backprop)."""
     rng = np.random.default_rng(0)
     n = batch_size * 4
     images = rng.integers(0, 256, (n, img_size, img_size, 3), dtype=np.uint8)
     labels = rng.integers(0, 2, n).astype(np.int64)
-    records = []
+    cfgs = []
     for arch in archs:
         base = PretrainConfig(dataset="<synthetic>", out="<none>", arch=arch, model_kwargs=dict(model_kwargs or {}),
-                              batch_size=batch_size, device=device, precision=precision)
+                              batch_size=batch_size, device=device)
         for mode in modes if _reversible(base) else ["backprop"]:
-            rec = time_training_steps(base.replace(backprop=mode), images, labels, np.arange(n), steps=steps,
-                                      warmup=warmup, progress=progress)
-            records.append({**rec, **provenance()})
-            print(f"{arch:14s} {rec['mode']:9s} bs {batch_size}: {rec['samples_per_s']:8.1f} samples/s "
-                  f"(loop {rec['samples_per_s_loop']:.1f}), peak {rec['peak_mem_mb']:.0f} MB", file=sys.stderr)
-    return records
+            cfgs += [base.replace(backprop=mode, precision=p) for p in precisions]
+    result = time_interleaved(cfgs, images, labels, np.arange(n), steps=steps, warmup=warmup, rounds=rounds,
+                              progress=progress)
+    print(format_throughput(result), file=sys.stderr)
+    return {**result, "meta": provenance()}
 
 
 def _reversible(cfg: PretrainConfig) -> bool:
@@ -141,15 +233,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--img-size", type=int, default=80)
     p.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp64"))
+    p.add_argument("--precision", action="append", choices=("fp32", "bf16", "fp64"), help="repeatable; default fp32")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (min / median / max over them)")
     a = p.parse_args(argv)
     kwargs = parse_model_kwargs(tuple(a.model_kw))
     kwargs.setdefault("img_size", a.img_size)
-    records = benchmark_models(a.arch or ["vit_micro", "revvit_micro"], a.mode or list(BACKPROP_MODES),
-                               batch_size=a.batch_size, steps=a.steps, warmup=a.warmup, img_size=a.img_size,
-                               model_kwargs=kwargs, device=a.device, precision=a.precision)
-    atomic_write_json(a.out, records)
-    print(json.dumps(records, indent=2))
+    result = benchmark_models(a.arch or ["vit_micro", "revvit_micro"], a.mode or list(BACKPROP_MODES),
+                              batch_size=a.batch_size, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
+                              img_size=a.img_size, model_kwargs=kwargs, device=a.device,
+                              precisions=a.precision or ["fp32"])
+    atomic_write_json(a.out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
