@@ -24,11 +24,11 @@ from revtransfer.reversible.lanes import Lane
 
 
 def _threaded_backward(pool):
-    def run_backward(blocks, rngs, y1, y2, dy1, dy2, side, autocast, lanes, wanted):
+    def run_backward(blocks, rngs, y1, y2, dy1, dy2, side, autocast, lanes, wanted, last=None):
         # grads(i) draws no random numbers, so the worker may restore block i-1's RNG state meanwhile.
         n, lane = len(blocks), Lane()
         per_block = [None] * n
-        rec = schedule.recover(blocks[n - 1], rngs[n - 1], y1, y2, side, autocast, lane, wanted)
+        rec = last or schedule.recover(blocks[n - 1], rngs[n - 1], y1, y2, side, autocast, lane, wanted)
         for i in range(n - 1, -1, -1):
             nxt = (pool.submit(schedule.recover, blocks[i - 1], rngs[i - 1], rec.x1, rec.x2, side, autocast, lane, wanted)
                    if i else None)
