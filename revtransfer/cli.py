@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("revtransfer.train.cli:pretrain", "Pretrain a ViT / RevViT on a clevr_gen dataset."),
     "probe": ("probes.cli:probe", "Linear probe on frozen features of a pretrained backbone."),
     "sweep": ("probes.cli:sweep", "Run a resumable pretrain -> probe sweep from a YAML file."),
+    "ladder": ("probes.ladder:ladder", "Pretraining accuracy on X vs samples and time per model size (protocol choice)."),
     "detect": ("detection.cli:detect", "Frozen-backbone ViTDet (Mask R-CNN) with detectron2."),
     "bench": ("revtransfer.bench.cli:bench", "Throughput and memory per backward mode and batch size."),
     "bench-reconstruction": ("revtransfer.bench.cli:bench_reconstruction",
