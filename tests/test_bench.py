@@ -15,7 +15,8 @@ TINY_KW = ["--model-kw", "img_size=16", "--model-kw", "patch_size=4", "--model-k
 def test_bench_writes_a_record_per_mode_and_batch_size(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "--model", "revvit_micro", "--batch-sizes", "2,3", "--steps", "2",
-                                       "--warmup", "1", "--device", "cpu", "--out", str(out), *TINY_KW])
+                                       "--warmup", "1", "--rounds", "2", "--device", "cpu", "--out", str(out),
+                                       *TINY_KW])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     got = [(r["model"], r["mode"], r["batch_size"]) for r in data["records"]]
@@ -23,11 +24,16 @@ def test_bench_writes_a_record_per_mode_and_batch_size(tmp_path):
         ("vit_micro", "backprop", 2), ("vit_micro", "backprop", 3)]  # the reference: plain backprop
     assert [r["reference_for"] for r in data["records"]] == [None] * 6 + ["revvit_micro"] * 2
     for r in data["records"]:
-        assert r["status"] == "ok" and r["samples_per_s"] > 0 and len(r["step_ms_all"]) == 2
+        assert r["status"] == "ok" and r["samples_per_s"] > 0 and len(r["step_ms_all"]) == 2 * 2
+        assert len(r["samples_per_s_all"]) == 2 and r["samples_per_s_rounds"]["min"] <= r["samples_per_s"]
         assert r["input_shape"] == [r["batch_size"], 3, 16, 16] and r["torch"] and "git_commit" in r
     by = {(r["mode"], r["batch_size"]): r["activation_bytes"] for r in data["records"]}
     assert by[("reprop", 3)] < by[("backprop", 3)]
     assert data["meta"]["command"].startswith("revtransfer bench") and data["meta"]["versions"]["torch"]
+    pairs = {(q["numerator"], q["denominator"], q["batch_size"]) for q in data["ratios"]}
+    assert ("revvit_micro pareprop", "revvit_micro reprop", 3) in pairs
+    assert ("revvit_micro reprop", "vit_micro backprop", 2) in pairs  # each mode over the reference
+    assert all(len(q["rounds"]) == 2 for q in data["ratios"])
 
 
 def test_bench_rejects_unknown_mode_and_bad_batch_sizes():

@@ -11,7 +11,9 @@ from revtransfer.options import parse_model_kwargs, parse_positive_ints
 @click.option("--modes", default="backprop,reprop,pareprop", show_default=True, help="Backward modes to compare.")
 @click.option("--batch-sizes", default="8,16,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--steps", default=10, show_default=True, help="Timed steps per (mode, batch size).")
-@click.option("--warmup", default=3, show_default=True, help="Untimed warm-up steps.")
+@click.option("--warmup", default=3, show_default=True, help="Untimed warm-up steps (each measurement).")
+@click.option("--rounds", default=3, show_default=True,
+              help="Measure every configuration once per round, interleaved; min / median / max over rounds.")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda if available).")
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
 @click.option("--reference", default="auto", show_default=True,
@@ -20,11 +22,12 @@ from revtransfer.options import parse_model_kwargs, parse_positive_ints
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--model-kw", "model_kw", multiple=True, help="Extra model kwarg KEY=VALUE (repeatable).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the records as JSON here.")
-def bench(model_name, modes, batch_sizes, steps, warmup, device, amp, reference, seq_len, threads, model_kw, out):
+def bench(model_name, modes, batch_sizes, steps, warmup, rounds, device, amp, reference, seq_len, threads, model_kw,
+          out):
     """Training-step throughput and memory per backward mode and batch size."""
     import torch
 
-    from revtransfer.bench.throughput import format_table, run_benchmark
+    from revtransfer.bench.throughput import format_table, round_ratios, run_benchmark
     from revtransfer.atomic import atomic_write_json
     from revtransfer.provenance import provenance, resolved_command
     from revtransfer.reversible import check_mode
@@ -44,14 +47,18 @@ def bench(model_name, modes, batch_sizes, steps, warmup, device, amp, reference,
         what = "OOM" if rec.status == "oom" else f"{rec.samples_per_s:.1f} samples/s"
         click.echo(f"  {rec.model} {rec.mode} bs={rec.batch_size}: {what}", err=True)
 
-    records, _ = run_benchmark(model_name, mode_list, parse_positive_ints(batch_sizes), steps, warmup, device, amp, reference,
-                               parse_model_kwargs(model_kw), seq_len, progress)
+    records, _ = run_benchmark(model_name, mode_list, parse_positive_ints(batch_sizes), steps, warmup, device, amp,
+                               reference, parse_model_kwargs(model_kw), seq_len, progress, rounds=rounds)
+    ratios = round_ratios(records)
     click.echo(format_table(records))
+    for q in ratios:
+        click.echo(f"{q['numerator']} / {q['denominator']} at bs {q['batch_size']}: min {q['min']:.3f} "
+                   f"median {q['median']:.3f} max {q['max']:.3f} (within rounds)")
     if out:
         meta = provenance(resolved_command(click.get_current_context()))
-        meta.update(torch_threads=torch.get_num_threads(), steps=steps, warmup=warmup)
-        atomic_write_json(out, {"meta": meta, "records": [dict(r.to_dict(), torch=torch.__version__,
-                                                               git_commit=meta["git_commit"]) for r in records]})
+        meta.update(torch_threads=torch.get_num_threads(), steps=steps, warmup=warmup, rounds=rounds)
+        atomic_write_json(out, {"meta": meta, "ratios": ratios, "records": [
+            dict(r.to_dict(), torch=torch.__version__, git_commit=meta["git_commit"]) for r in records]})
         click.echo(f"wrote {out}")
 
 

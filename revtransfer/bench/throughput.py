@@ -10,6 +10,7 @@ peak RSS growth during the timed steps (sampled).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import threading
 import time
@@ -65,6 +66,9 @@ class BenchRecord:
     input_shape: list[int] | None = None
     num_params: int | None = None
     reference_for: str | None = None  # the non-reversible reference row of this reversible model
+    rounds: int = 1
+    samples_per_s_all: list[float] = field(default_factory=list)  # per round (median step of each)
+    samples_per_s_rounds: dict | None = None                      # min / median / max over rounds
     error: str | None = None  # why a batch size counted as out of memory (allocator, cuBLAS/cuDNN workspace)
 
     def to_dict(self) -> dict:
@@ -234,59 +238,104 @@ class _Predictor:
 def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: int = 3, device="cpu",
                   amp: str = "none", reference: str | None = "auto", model_kwargs: dict | None = None,
                   seq_len: int | None = None, progress=None, deadline: float | None = None, done=(),
-                  clock=time.monotonic):
-    """Benchmark ``model_name`` in each mode at each batch size (stopping a mode at its first OOM),
+                  clock=time.monotonic, rounds: int = 1):
+    """Benchmark ``model_name`` in each mode at each batch size (a mode stops at its first OOM),
     plus the non-reversible reference model in its only mode (backprop; ``reference_for`` set).
 
-    ``done``: records (dicts) of an earlier, interrupted run: their configurations are not measured
-    again. ``deadline`` (on ``clock``): no measurement is started that would likely end after it.
-    Returns ``(records, complete)``: the new records, and whether every configuration was covered."""
+    ``rounds``: every configuration (model, mode, batch size) is measured once per round, the rounds
+    rotating the order, so that the drift of a shared machine falls on all configurations alike;
+    a record's ``samples_per_s`` is the median over rounds (``samples_per_s_all`` per round, for
+    ratios within a round: :func:`round_ratios`). ``done``: records (dicts) of an earlier,
+    interrupted run, not measured again. ``deadline`` (on ``clock``): no measurement is started
+    that would likely end after it. Returns ``(records, complete)``: the new records, and whether
+    every configuration was covered."""
     device = torch.device(device)
     model_kwargs = model_kwargs or {}
     if amp not in AMP_DTYPES:
         raise ValueError(f"unknown amp {amp!r}; choose one of: {', '.join(AMP_DTYPES)}")
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be at least 1")
     if reference == "auto":
         reference = REFERENCE_MODELS.get(model_name)
     jobs = [(model_name, m, False) for m in modes]
     if reference:
         jobs.append((reference, "backprop", True))
     earlier = {(r["model"], r["mode"], r["batch_size"]): r["status"] for r in done}
-    predict = _Predictor()
-    records = []
+    configs = []  # (name, mode, is_reference, batch size) still to measure, mode-major
     for name, mode, is_reference in jobs:
-        todo = []
         for bs in batch_sizes:
             status = earlier.get((name, mode, bs))
             if status == "oom":
-                todo = []
                 break
             if status is None:
-                todo.append(bs)
-        if not todo:
-            continue
-        started = clock()
-        torch.manual_seed(0)
-        kwargs = _reference_kwargs(model_kwargs) if is_reference else model_kwargs
-        model = create_model(name, **kwargs).to(device)
-        if not is_reversible(model) and not is_reference and mode != "backprop":
-            raise ValueError(f"{name} is not reversible: it has no backward mode {mode!r}")
-        for bs in todo:
+                configs.append((name, mode, is_reference, bs))
+    models: dict[str, nn.Module] = {}
+    measured: dict[tuple, list[BenchRecord]] = {}
+    too_big: dict[tuple, int] = {}  # (name, mode) -> smallest batch size that did not fit
+    predict = _Predictor()
+    for k in range(rounds):
+        for name, mode, is_reference, bs in configs[k % len(configs):] + configs[:k % len(configs)] if configs else []:
+            if bs >= too_big.get((name, mode), bs + 1):
+                continue
             if deadline is not None and clock() + predict(bs) > deadline:
-                return records, False
-            rec = bench_one(model, name, mode, bs, steps, warmup, device, amp, seq_len)
+                return _merge(measured, rounds), False
+            started = clock()
+            if name not in models:
+                torch.manual_seed(0)
+                kwargs = _reference_kwargs(model_kwargs) if is_reference else model_kwargs
+                models[name] = create_model(name, **kwargs).to(device)
+                if not is_reversible(models[name]) and not is_reference and mode != "backprop":
+                    raise ValueError(f"{name} is not reversible: it has no backward mode {mode!r}")
+            rec = bench_one(models[name], name, mode, bs, steps, warmup, device, amp, seq_len)
             if is_reference:
                 rec.reference_for = model_name
-            predict.add(bs, clock() - started)  # the first one of a mode includes building the model
-            started = clock()
-            records.append(rec)
-            if progress:
-                progress(rec)
+            predict.add(bs, clock() - started)  # the first one of a model includes building it
+            measured.setdefault((name, mode, bs), []).append(rec)
             if rec.status == "oom":
-                break
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return records, True
+                too_big[(name, mode)] = bs
+            if progress and (k == rounds - 1 or rec.status == "oom"):
+                progress(_merge({(name, mode, bs): measured[(name, mode, bs)]}, rounds)[0])
+    return _merge(measured, rounds), True
+
+
+def _merge(measured: dict, rounds: int) -> list[BenchRecord]:
+    """One record per configuration: the first round's (memory), with the step times of all
+    rounds and the throughput's median over rounds."""
+    out = []
+    for recs in measured.values():
+        first = dataclasses.replace(recs[0])
+        ok = [r for r in recs if r.status == "ok"]
+        if first.status == "ok" and ok:
+            first.rounds = len(ok)
+            first.step_ms_all = [t for r in ok for t in r.step_ms_all]
+            first.samples_per_s_all = [r.samples_per_s for r in ok]
+            rates = first.samples_per_s_all
+            first.samples_per_s = statistics.median(rates)
+            first.step_ms_median = first.batch_size / first.samples_per_s * 1e3
+            first.samples_per_s_rounds = {"min": min(rates), "median": statistics.median(rates), "max": max(rates)}
+        out.append(first)
+    return out
+
+
+def round_ratios(records) -> list[dict]:
+    """Throughput ratios taken within each round, then min / median / max over rounds: each mode
+    over each other mode of the same model, and each mode over the reference, per batch size."""
+    ok = [r for r in records if r.status == "ok" and r.samples_per_s_all]
+    out = []
+    for a in ok:
+        for b in ok:
+            same_model = a.model == b.model and a.mode != b.mode and BACKPROP_ORDER.index(a.mode) > BACKPROP_ORDER.index(b.mode)
+            over_reference = b.reference_for == a.model
+            if a.batch_size != b.batch_size or not (same_model or over_reference):
+                continue
+            values = [x / y for x, y in zip(a.samples_per_s_all, b.samples_per_s_all)]
+            out.append({"numerator": f"{a.model} {a.mode}", "denominator": f"{b.model} {b.mode}",
+                        "batch_size": a.batch_size, "min": min(values), "median": statistics.median(values),
+                        "max": max(values), "rounds": values})
+    return out
+
+
+BACKPROP_ORDER = ("backprop", "reprop", "pareprop")
 
 
 def format_table(records) -> str:
