@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from revtransfer.launch.options import launcher_options, pop_launcher_options
+
 _COMMON = [
     click.option("--config", "config", required=True,
                  help="A config file, or one of ours by name (e.g. clevr_mask_rcnn_vit_micro_frozen)."),
@@ -66,8 +68,26 @@ def detect():
 @click.option("--max-iter", type=int, help="Iterations (the LR schedule is rescaled to it).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --output-dir.")
 @click.option("--demo", is_flag=True, help="A CPU-sized run (few iterations, one evaluation at the end).")
+@launcher_options(gpus_per_task=False, extra=[
+    click.option("--nodes", type=int, help="With --launcher slurm: machines.  [default: 1]"),
+    click.option("--gpus-per-node", type=int,
+                 help="With --launcher slurm: GPUs (processes) per machine; with --device cpu, processes "
+                      "only.  [default: 1]")])
 def train(**kw):
-    """Train the detector (the backbone stays frozen) and evaluate it."""
+    """Train the detector (the backbone stays frozen) and evaluate it.
+
+    \b
+    revtransfer detect train ... --launcher slurm --nodes 2 --gpus-per-node 8 --partition gpu --wait
+    """
+    nodes, gpus_per_node = kw.pop("nodes"), kw.pop("gpus_per_node")
+    launcher, slurm, wait = pop_launcher_options(kw, slurm_only={"--nodes": nodes, "--gpus-per-node": gpus_per_node})
+    if launcher == "slurm":
+        local = [f"--{k.replace('_', '-')}" for k, v in (("num_gpus", 1), ("num_machines", 1), ("machine_rank", 0),
+                                                          ("dist_url", "auto")) if kw[k] != v]
+        if local:
+            raise click.UsageError(f"{', '.join(local)} apply to --launcher local; with --launcher slurm give "
+                                   f"--nodes and --gpus-per-node (SLURM decides ranks and addresses)")
+        return _train_on_slurm(_run_args(kw), slurm, nodes or 1, 1 if gpus_per_node is None else gpus_per_node, wait)
     from .launcher import main
 
     _print(main(_run_args(kw)))
@@ -101,6 +121,30 @@ def bench(**kw):
 
     kw["overrides"] = list(kw["overrides"])
     _print(run_bench(**kw))
+
+
+def _train_on_slurm(args, options, nodes, gpus_per_node, wait):
+    """detectron2's ``launch`` inside a SLURM job: one task per machine, machine rank and dist_url
+    from SLURM."""
+    import json
+    from pathlib import Path
+
+    from revtransfer.launch import LaunchError
+    from revtransfer.launch.runs import how_to_follow, submit_detect, wait_run
+
+    try:
+        record = submit_detect(args, options, nodes=nodes, gpus_per_node=gpus_per_node)
+        click.echo(f"detect train: SLURM job {record.job_id}, {nodes} node(s) x {gpus_per_node} process(es) "
+                   f"({options.describe(gpus_per_node=0 if str(args.device).startswith('cpu') else gpus_per_node)})")
+        if not wait:
+            click.echo(how_to_follow(record))
+            return
+        result = wait_run(record, echo=click.echo)
+        if not result and (Path(args.output_dir) / "eval_results.json").exists():  # several processes
+            result = json.loads((Path(args.output_dir) / "eval_results.json").read_text())
+        _print(result)
+    except LaunchError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _print(obj):

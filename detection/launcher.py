@@ -98,6 +98,14 @@ def _writers(cfg):
     return writers
 
 
+def _ddp(model, **kwargs):
+    """detectron2's ``create_ddp_model``, which also works for CPU processes (gloo; it would give
+    them a GPU index as ``device_ids``)."""
+    if not any(p.is_cuda for p in model.parameters()):
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
+
+
 def do_train(cfg, resume: bool = False) -> dict:
     """detectron2's LazyConfig training loop; returns the last evaluation's results."""
     model = build_model(cfg)
@@ -105,7 +113,7 @@ def do_train(cfg, resume: bool = False) -> dict:
     optim = instantiate(cfg.optimizer)
     del cfg.optimizer.params.model  # keep the config serialisable
     train_loader = instantiate(cfg.dataloader.train)
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = _ddp(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last: dict = {}
@@ -143,7 +151,7 @@ def run(args: RunArgs) -> dict:
         weights = args.weights or cfg.train.init_checkpoint
         if weights:
             DetectionCheckpointer(model).load(weights)
-        model = create_ddp_model(model)
+        model = _ddp(model)
         metrics = do_test(cfg, model)
     else:
         metrics = do_train(cfg, resume=args.resume)

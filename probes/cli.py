@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from revtransfer.launch.options import launcher_options, pop_launcher_options
+
 
 def _setup_logging():
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -65,28 +67,65 @@ def _only_filter(items: tuple[str, ...]):
 @click.option("--retry-failed/--no-retry-failed", default=True, help="Re-run cells recorded as failed.")
 @click.option("--status", "show_status", is_flag=True, help="List the cells and their state; run nothing.")
 @click.option("--progress/--no-progress", default=True)
-def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, progress):
+@launcher_options(array=True)
+def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, progress, **launch):
     """Run every unfinished cell of SWEEP_FILE (a YAML path, or a preset: paper, demo).
 
     \b
     revtransfer sweep demo                       # CPU, minutes: small data, same grid shape
     revtransfer sweep paper --workdir /scratch   # the study's scale, for a GPU
     revtransfer sweep my_sweep.yaml --only arch=revvit_micro --status
+    revtransfer sweep paper --launcher slurm --partition gpu --gpus-per-task 1 --time 4:00:00
 
     Finished cells are skipped, so re-running a killed sweep resumes it; results go to
-    OUT/results.parquet and OUT/results.csv (OUT from the sweep file).
+    OUT/results.parquet and OUT/results.csv (OUT from the sweep file). With --launcher slurm every
+    pending cell is a task of one SLURM job array (resources: these options, then the sweep file's
+    launcher: section); --status shows each cell's job.
     """
-    from .sweep import SweepSpec, cell_status, run_sweep
+    from revtransfer.launch.sweep import status_lines
+
+    from .sweep import SweepSpec, run_sweep
 
     _setup_logging()
     spec = SweepSpec.load(sweep_file, workdir)
+    launcher, options, wait = pop_launcher_options(launch, spec.launcher)
     if show_status:
-        for cell, state in cell_status(spec):
-            click.echo(f"{state:8s} {cell.cell_id}")
+        for line in status_lines(spec):
+            click.echo(line)
         return
+    if launcher == "slurm":
+        return _sweep_on_slurm(spec, sweep_file, workdir, options, wait, only, retry_failed, max_cells)
     report = run_sweep(spec, progress=progress, retry_failed=retry_failed, only=_only_filter(only),
                        max_cells=max_cells)
+    _report(spec, report)
+
+
+def _report(spec, report):
     click.echo(f"sweep {spec.name}: {report.summary()}; table: {spec.out / 'results.csv'}")
     if report.failed:
         click.echo("failed cells:\n" + json.dumps(report.failed, indent=2), err=True)
         sys.exit(1)
+
+
+def _sweep_on_slurm(spec, sweep_file, workdir, options, wait, only, retry_failed, max_cells):
+    from revtransfer.launch import LaunchError
+    from revtransfer.launch.sweep import submit_sweep, wait_sweep
+
+    try:
+        sub = submit_sweep(spec, options, only=_only_filter(only), retry_failed=retry_failed, max_cells=max_cells)
+    except LaunchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"sweep {spec.name}: {len(sub.cells)} cells submitted, {len(sub.skipped)} already finished, "
+               f"{len(sub.busy)} queued or running already")
+    if not sub.cells:
+        return
+    click.echo(f"SLURM job array {sub.array_id} ({options.describe()}):")
+    for cell, record in zip(sub.cells, sub.records):
+        click.echo(f"  {record.job_id:>14s} {cell.cell_id}")
+    click.echo(f"logs: {sub.folder}")
+    if not wait:
+        workdir_arg = f" --workdir {workdir}" if workdir != "." else ""
+        click.echo(f"follow: squeue -j {sub.array_id}; revtransfer sweep {sweep_file}{workdir_arg} --status")
+        return
+    click.echo("waiting for the jobs to end (Ctrl-C stops waiting, not the jobs):")
+    _report(spec, wait_sweep(spec, sub, echo=click.echo))

@@ -140,7 +140,7 @@ def write_ladder_report(spec: LadderSpec, workdir: Path, out: Path) -> Path:
     atomic_write_text(out / "ladder.csv", summary.to_csv(index=False, float_format="%.4f"))
     _plot(table, out / "ladder.png")
     settings = {k: v for k, v in vars(spec).items() if k != "rungs"} | {"rungs": [r.name for r in spec.rungs]}
-    md = [f"# Learnability ladder: validation accuracy on X vs samples seen and wall time\n",
+    md = ["# Learnability ladder: validation accuracy on X vs samples seen and wall time\n",
           f"Recipe for every rung and arch: {json.dumps(settings)}; patch 4, one head per 32 channels, "
           f"2 CPU threads. Target: {TARGET} on X.\n", summary.to_markdown(index=False, floatfmt=".3f"), "",
           "![ladder](ladder.png)", "", "Per epoch: [ladder_epochs.csv](ladder_epochs.csv).", ""]

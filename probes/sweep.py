@@ -22,6 +22,7 @@ Sweep file (YAML)::
     recipe: {epochs: 3, batch_size: 32}  # PretrainConfig fields
     model_kwargs: {depth: 2}             # for every arch; per arch: model_kwargs_by_arch
     probe: {n_boot: 200}                 # ProbeSettings fields
+    launcher: {partition: gpu, time: "4:00:00", gpus_per_task: 1}  # SLURM resources (--launcher slurm)
 
 Relative paths are resolved against the working directory (``--workdir``).
 """
@@ -41,9 +42,10 @@ import yaml
 from filelock import FileLock, Timeout
 
 from revtransfer.atomic import atomic_write_text
+from revtransfer.errors import yaml_problem
 from revtransfer.train.config import PretrainConfig
 
-from revtransfer.train.data import open_dataset
+from revtransfer.data import open_dataset
 
 from .presets import resolve_sweep_file
 from .probe import ProbeSettings, run_probes
@@ -52,7 +54,7 @@ from .results import ResultsTable
 log = logging.getLogger(__name__)
 _RECIPE_FORBIDDEN = {"dataset", "out", "arch", "fraction", "seed", "backprop", "model_kwargs"}
 _TOP_KEYS = {"name", "out", "datasets", "grid", "backprop", "recipe", "model_kwargs", "model_kwargs_by_arch",
-             "probe", "description"}
+             "probe", "description", "launcher"}
 
 
 class SweepError(ValueError):
@@ -102,6 +104,7 @@ class SweepSpec:
     model_kwargs_by_arch: dict = field(default_factory=dict)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     gen_workers: int = 1
+    launcher: dict = field(default_factory=dict)  # SLURM resources (revtransfer.launch.slurm.SlurmOptions)
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -109,8 +112,8 @@ class SweepSpec:
         path = resolve_sweep_file(name_or_path)
         try:
             data = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as e:
-            raise SweepError(f"sweep file {path} is not valid YAML: {e}") from e
+        except yaml.YAMLError as e:  # safe_load: a python tag is refused here, nothing runs
+            raise SweepError(f"sweep file {path} is not valid YAML: {yaml_problem(e)}") from e
         if not isinstance(data, dict):
             raise SweepError(f"sweep file {path} must hold a mapping")
         try:
@@ -182,7 +185,8 @@ class SweepSpec:
             name=str(d["name"]), out=workdir / d["out"], pretrain=pretrain, transfer=transfer, archs=archs,
             corrs=corrs, fractions=fractions, seeds=seeds, backprop=d.get("backprop", "pareprop"), recipe=recipe,
             model_kwargs=dict(d.get("model_kwargs") or {}), model_kwargs_by_arch=dict(d.get("model_kwargs_by_arch") or {}),
-            probe=ProbeSettings.from_dict(d.get("probe")), gen_workers=int(ds.get("workers", 1)))
+            probe=ProbeSettings.from_dict(d.get("probe")), gen_workers=int(ds.get("workers", 1)),
+            launcher=_launcher_section(d.get("launcher")))
         spec.pretrain_config(spec.cells()[0])  # validates the recipe now, not in the first cell
         return spec
 
@@ -206,6 +210,20 @@ class SweepSpec:
                 seed=cell.seed, **self.recipe)
         except TypeError as e:
             raise SweepError(f"recipe: {e}") from e
+
+
+def _launcher_section(section) -> dict:
+    """The ``launcher:`` section (SLURM resources), checked now rather than at submission."""
+    from revtransfer.launch import LaunchError
+    from revtransfer.launch.slurm import SlurmOptions
+
+    if section is not None and not isinstance(section, dict):
+        raise SweepError("launcher: give a mapping of SLURM resources (partition, time, gpus_per_task, ...)")
+    try:
+        SlurmOptions.from_dict(section)
+    except LaunchError as e:
+        raise SweepError(f"launcher: {e}") from None
+    return dict(section or {})
 
 
 def _is_reversible_arch(arch: str, kwargs: dict) -> bool:
@@ -290,7 +308,7 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
     """Run every unfinished cell of ``spec`` (see the module docstring)."""
     import torch
 
-    from revtransfer.provenance import git_commit, library_versions
+    from revtransfer.provenance import git_commit, library_versions, utc_now
 
     spec.out.mkdir(parents=True, exist_ok=True)
     table = ResultsTable(spec.out)
@@ -324,10 +342,7 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
                 continue
             log.info("[%d/%d] %s", i + 1, len(todo), cell.cell_id)
             t0 = time.perf_counter()
-            row = {"sweep": spec.name, "cell_id": cell.cell_id, **dataclasses.asdict(cell),
-                   "dataset": str(spec.pretrain[cell.corr].path), "transfer_dataset": str(spec.transfer.path),
-                   "run_dir": str(run_dir), "device": device, "world_size": 1, "git_commit": git_commit(),
-                   "torch_version": versions.get("torch"), "timm_version": versions.get("timm")}
+            row = cell_row(spec, cell, device, versions, git_commit())
             try:
                 row.update(cell_runner(spec, cell, progress), status="ok", error=None)
                 (run_dir / "error.txt").unlink(missing_ok=True)
@@ -337,12 +352,47 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
                 atomic_write_text(run_dir / "error.txt", traceback.format_exc())
                 row.update(status="failed", error=msg[:2000], wall_time_s=time.perf_counter() - t0)
                 report.failed[cell.cell_id] = msg
-            row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            row["finished_at"] = utc_now()
             table.upsert([row])
             report.ran.append(cell.cell_id)
         finally:
             lock.release()
     return report
+
+
+def cell_row(spec: SweepSpec, cell: Cell, device: str | None, versions: dict, commit: str | None) -> dict:
+    """The columns that identify a cell's row and its provenance (the runner adds the measurements)."""
+    return {"sweep": spec.name, "cell_id": cell.cell_id, **dataclasses.asdict(cell),
+            "dataset": str(spec.pretrain[cell.corr].path), "transfer_dataset": str(spec.transfer.path),
+            "run_dir": str(spec.run_dir(cell)), "device": device, "world_size": 1, "git_commit": commit,
+            "torch_version": versions.get("torch"), "timm_version": versions.get("timm")}
+
+
+def record_failure(spec: SweepSpec, cell: Cell, error: str, detail: str | None = None) -> bool:
+    """Write a failed row for a cell whose runner could not write one itself (a SLURM job that was
+    killed), with ``detail`` (e.g. its log's last lines) in the run dir's error.txt. Nothing is
+    written once the cell has an ok row, or while it runs somewhere (its lock is held: then it
+    returns False, to be tried again later)."""
+    from revtransfer.provenance import git_commit, library_versions, utc_now
+
+    run_dir = spec.run_dir(cell)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / ".cell.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    try:
+        table = ResultsTable(spec.out)
+        if cell.cell_id in table.finished_cells(spec.name):
+            return True
+        atomic_write_text(run_dir / "error.txt", (detail or error) + "\n")
+        row = cell_row(spec, cell, None, library_versions(), git_commit())
+        row.update(status="failed", error=error[:2000], finished_at=utc_now())
+        table.upsert([row])
+        return True
+    finally:
+        lock.release()
 
 
 def _failed_cells(table: ResultsTable, sweep: str) -> set[str]:
