@@ -340,7 +340,7 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
             if cell.cell_id in ResultsTable(spec.out).finished_cells(spec.name):  # finished meanwhile
                 report.skipped.append(cell.cell_id)
                 continue
-            log.info("[%d/%d] %s", i + 1, len(todo), cell.cell_id)
+            log.info("[%d/%d] %s (%s)", i + 1, len(todo), cell.cell_id, sweep_progress(spec, here=cell))
             t0 = time.perf_counter()
             row = cell_row(spec, cell, device, versions, git_commit())
             try:
@@ -400,6 +400,46 @@ def _failed_cells(table: ResultsTable, sweep: str) -> set[str]:
     if not len(t):
         return set()
     return set(t[(t["sweep"] == sweep) & (t["status"] == "failed")]["cell_id"])
+
+
+def _running_here_or_elsewhere(run_dir: Path) -> bool:
+    """A cell's lock is held while some process (this one, another sweep, a SLURM job) runs it."""
+    if not run_dir.exists():
+        return False
+    lock = FileLock(str(run_dir / ".cell.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def sweep_progress(spec: SweepSpec, here: Cell | None = None) -> str:
+    """Cells done / running / left and an ETA from the measured cell times: left (plus half of
+    those running) times the median wall time of the finished cells, over the cells running at
+    once (at least one). ``here``: the cell this process is about to run (counted as running)."""
+    t = ResultsTable(spec.out).read()
+    ok = t[(t["sweep"] == spec.name) & (t["status"] == "ok")] if len(t) else t
+    finished = set(ok["cell_id"]) if len(ok) else set()
+    cells = spec.cells()
+    done = sum(c.cell_id in finished for c in cells)
+    running = sum(c.cell_id not in finished and (c == here or _running_here_or_elsewhere(spec.run_dir(c)))
+                  for c in cells)
+    left = len(cells) - done - running
+    line = f"{done}/{len(cells)} cells done, {running} running, {left} left"
+    times = ok["wall_time_s"].dropna() if len(ok) and "wall_time_s" in ok else []
+    if len(times):
+        median = float(times.median())
+        eta = (left + running / 2) * median / max(running, 1)
+        line += (f"; median cell {median / 60:.1f} min ({len(times)} measured); "
+                 f"ETA {_duration(eta)} at {max(running, 1)} cell(s) at a time")
+    return line
+
+
+def _duration(seconds: float) -> str:
+    hours, minutes = divmod(int(round(seconds / 60)), 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def cell_status(spec: SweepSpec) -> list[tuple[Cell, str]]:

@@ -155,3 +155,21 @@ def test_real_cells_run_end_to_end(tmp_path):
     assert t.loc["revvit_micro", "backprop"] == "pareprop" and (t["n_pretrain"] == 72).all()
     assert ((t["probe_acc"] >= 0) & (t["probe_acc"] <= 1)).all() and (t["samples_per_s"] > 0).all()
     assert (t["probe_auroc_ci_low"] <= t["probe_auroc"]).all()
+
+
+def test_progress_counts_done_running_left_and_estimates_the_rest(tmp_path):
+    from filelock import FileLock
+
+    from probes.sweep import sweep_progress
+
+    spec = _spec(tmp_path)
+    runner = FakeRunner()
+    timed = lambda s, c, p: {**runner(s, c, p), "wall_time_s": 120.0}  # noqa: E731
+    run_sweep(spec, cell_runner=timed, progress=False, max_cells=3)
+    assert sweep_progress(spec) == ("3/8 cells done, 0 running, 5 left; median cell 2.0 min (3 measured); "
+                                    "ETA 10 min at 1 cell(s) at a time")
+    busy = spec.cells()[3]
+    spec.run_dir(busy).mkdir(parents=True)
+    with FileLock(str(spec.run_dir(busy) / ".cell.lock")):  # another process runs it
+        assert sweep_progress(spec).startswith("3/8 cells done, 1 running, 4 left")
+        assert sweep_progress(spec).endswith("ETA 9 min at 1 cell(s) at a time")  # (4 + 1/2) x 2 min

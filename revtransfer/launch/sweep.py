@@ -158,7 +158,7 @@ def wait_sweep(spec, sub: SweepSubmission, echo: Callable[[str], None] = print):
 def status_lines(spec) -> list[str]:
     """One line per cell: its state (ok, failed, partial, todo; queued or running while its SLURM job
     is), and for a cell with a SLURM job, the job's id, state and log."""
-    from probes.sweep import cell_status
+    from probes.sweep import cell_status, sweep_progress
 
     records, states = reconcile(spec)
     lines = []
@@ -174,4 +174,4 @@ def status_lines(spec) -> list[str]:
         if state in ("running", "failed"):
             line += f"  log: {r.stderr}"
         lines.append(line)
-    return lines
+    return lines + [sweep_progress(spec)]
