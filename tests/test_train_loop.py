@@ -126,3 +126,26 @@ def test_distributed_shards_partition_each_global_batch():
     for r0, r1, w in zip(*ranks, whole):
         assert len(r0) == len(r1)
         assert set(r0 + r1) <= set(w) and len(r0 + r1) == len(w) - len(w) % 2
+
+
+def test_benchmark_times_archs_and_precisions_in_one_interleaved_run(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from revtransfer.cli import main
+
+    data = write_dataset(tmp_path / "d", n=64)
+    r = CliRunner().invoke(main, [
+        "pretrain", str(data), "--out", str(tmp_path / "b"), "--model-kw", "patch_size=4", "--model-kw", "embed_dim=16",
+        "--model-kw", "depth=2", "--model-kw", "num_heads=2", "--batch-size", "16", "--device", "cpu",
+        "--benchmark-steps", "2", "--benchmark-rounds", "2", "--benchmark-archs", "vit_micro,revvit_micro",
+        "--benchmark-precisions", "fp32,bf16", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    written = json.loads((tmp_path / "b" / "throughput.json").read_text())
+    assert [(x["model"], x["precision"]) for x in written["records"]] == [
+        ("vit_micro", "fp32"), ("vit_micro", "bf16"), ("revvit_micro", "fp32"), ("revvit_micro", "bf16")]
+    assert all(len(x["samples_per_s_all"]) == 2 for x in written["records"])
+    ratios = {(q["varies"], q["numerator"], q["denominator"]) for q in written["ratios"]}
+    assert ratios == {("precision", "bf16", "fp32"), ("model", "revvit_micro/pareprop", "vit_micro/backprop")}
+    assert len(written["ratios"]) == 4 and all(q["min"] <= q["median"] <= q["max"] for q in written["ratios"])

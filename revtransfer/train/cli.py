@@ -44,14 +44,20 @@ from .config import PRECISIONS, PretrainConfig
 @click.option("--benchmark-steps", type=int, default=0,
               help="Instead of training, time N training steps of this config on this data and write "
                    "throughput.json into --out.")
+@click.option("--benchmark-rounds", type=int, default=3,
+              help="With --benchmark-steps: rounds of N steps per config, interleaved; min / median / max.")
+@click.option("--benchmark-archs", default=None, metavar="A,B",
+              help="With --benchmark-steps: time these archs in the same run (ratios within each round).")
+@click.option("--benchmark-precisions", default=None, metavar="P,Q",
+              help="With --benchmark-steps: time these precisions in the same run, e.g. fp32,bf16.")
 @click.option("--progress/--no-progress", default=True)
 @launcher_options(extra=[
     click.option("--nodes", type=int, help="With --launcher slurm: machines.  [default: 1]"),
     click.option("--tasks-per-node", type=int,
                  help="With --launcher slurm: DDP processes per machine, one per GPU.  [default: 1]")])
 def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_size, lr, weight_decay, fraction,
-             val_frac, seed, precision, amp, device, init_checkpoint, init_format, resume, benchmark_steps, progress,
-             **launch):
+             val_frac, seed, precision, amp, device, init_checkpoint, init_format, resume, benchmark_steps,
+             benchmark_rounds, benchmark_archs, benchmark_precisions, progress, **launch):
     """Pretrain a model on has_x of a clevr_gen DATASET (the study's recipe by default).
 
     \b
@@ -59,6 +65,8 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
     revtransfer pretrain data/pt-corr0.8 --out runs/rev --arch revvit_micro --backprop pareprop --amp
     torchrun --nproc-per-node 4 -m revtransfer.cli pretrain data/pt --out runs/ddp   # DDP
     revtransfer pretrain data/pt --out runs/ddp --launcher slurm --nodes 2 --tasks-per-node 4 --gpus-per-task 1
+    revtransfer pretrain data/pt --out bench/ --batch-size 64 --benchmark-steps 5 \\
+        --benchmark-archs vit_micro,revvit_micro --benchmark-precisions fp32,bf16     # speed, not training
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     nodes, tasks_per_node = launch.pop("nodes"), launch.pop("tasks_per_node")
@@ -94,10 +102,17 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
         return _pretrain_on_slurm(cfg.replace(out=os.path.abspath(cfg.out)), slurm, nodes or 1, tasks_per_node or 1,
                                   resume, wait)
     if benchmark_steps:
-        from .throughput import benchmark_config
+        from .throughput import benchmark_configs, format_throughput
 
-        record = benchmark_config(cfg, steps=benchmark_steps, progress=progress)
-        click.echo(json.dumps(record, indent=2))
+        archs = [a.strip() for a in (benchmark_archs or cfg.arch).split(",") if a.strip()]
+        precisions = [p.strip() for p in (benchmark_precisions or cfg.precision).split(",") if p.strip()]
+        for p in precisions:
+            if p not in PRECISIONS:
+                raise click.BadParameter(f"{p!r}: choose from {', '.join(PRECISIONS)}", param_hint="--benchmark-precisions")
+        cfgs = [cfg.replace(arch=a, precision=p) for a in archs for p in precisions]
+        result = benchmark_configs(cfgs, steps=benchmark_steps, rounds=benchmark_rounds, progress=progress)
+        click.echo(format_throughput(result))
+        click.echo(f"wrote {os.path.join(cfg.out, 'throughput.json')}")
         return
     from .pretrain import pretrain as run
 

@@ -143,23 +143,30 @@ def time_interleaved(cfgs: Sequence[PretrainConfig], images: np.ndarray, labels:
 
 
 def _ratios(runners, per_round) -> list[dict]:
-    """For each pair of configs that differ in exactly one of (precision, arch, mode): the ratio
-    of their throughputs within each round."""
-    keys = [(r.cfg.precision, r.cfg.arch, r.mode) for r in runners]
-    names = ("precision", "arch", "mode")
+    """For each pair of configs that differ in one thing, precision or model (arch and backward
+    mode): the ratio of their throughputs within each round. bf16 over fp32; a later model over an
+    earlier one (e.g. revvit_micro/pareprop over vit_micro/backprop)."""
+    keys = [(r.cfg.precision, f"{r.cfg.arch}/{r.mode}") for r in runners]
     out = []
     for a in range(len(runners)):
         for b in range(len(runners)):
-            diff = [n for n, x, y in zip(names, keys[a], keys[b]) if x != y]
-            if len(diff) != 1 or a == b or (diff == ["precision"] and keys[a][0] < keys[b][0]) or \
-                    (diff != ["precision"] and a > b):
-                continue  # one direction per pair: bf16/fp32, and the later config over the earlier
+            if a == b:
+                continue
+            same_model, same_precision = keys[a][1] == keys[b][1], keys[a][0] == keys[b][0]
+            if same_model and not same_precision and PRECISIONS_ORDER.index(keys[b][0]) > PRECISIONS_ORDER.index(keys[a][0]):
+                varies, fixed = "precision", {"model": keys[a][1]}
+            elif same_precision and not same_model and b > a:
+                varies, fixed = "model", {"precision": keys[a][0]}
+            else:
+                continue
+            index = 0 if varies == "precision" else 1
             values = [rnd[b] / rnd[a] for rnd in per_round]
-            same = {n: x for n, x in zip(names, keys[a]) if n not in diff}
-            out.append({"varies": diff[0], "numerator": keys[b][names.index(diff[0])],
-                        "denominator": keys[a][names.index(diff[0])], **same, **_summary(values),
-                        "rounds": values})
+            out.append({"varies": varies, "numerator": keys[b][index], "denominator": keys[a][index], **fixed,
+                        **_summary(values), "rounds": values})
     return out
+
+
+PRECISIONS_ORDER = ("fp64", "fp32", "bf16")  # ratios read "faster precision over slower"
 
 
 def benchmark_configs(cfgs: Sequence[PretrainConfig], steps: int, warmup: int = 3, rounds: int = 3,
@@ -189,7 +196,7 @@ def format_throughput(result: dict) -> str:
         lines.append(f"{r['model']:14s} {r['mode']:9s} {r['precision']:5s} {r['batch_size']:>4d} "
                      f"{s['min']:12.1f} {s['median']:12.1f} {s['max']:12.1f}")
     for q in result["ratios"]:
-        fixed = ", ".join(f"{k}={q[k]}" for k in ("precision", "arch", "mode") if k in q)
+        fixed = ", ".join(f"{k}={q[k]}" for k in ("precision", "model") if k in q)
         lines.append(f"ratio {q['numerator']}/{q['denominator']} ({fixed}): min {q['min']:.3f} median "
                      f"{q['median']:.3f} max {q['max']:.3f}")
     return "\n".join(lines)
