@@ -5,12 +5,8 @@ differ only in the residual wiring. For ViT-S/B/L use timm's ``vit_{small,base,l
 """
 from __future__ import annotations
 
-import inspect
-
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-
-from ._layers import Attention
 
 default_cfgs = generate_default_cfgs({
     "vit_micro.untrained": {
@@ -26,7 +22,5 @@ def vit_micro(pretrained=False, **kwargs) -> VisionTransformer:
     """ViT-Micro: 80x80 input, patch 5, depth 4, 8 heads, dim 256, mlp ratio 4, mean-pooled."""
     args = dict(img_size=80, patch_size=5, embed_dim=256, depth=4, num_heads=8, mlp_ratio=4.0,
                 class_token=False, global_pool="avg", fc_norm=False)
-    if "attn_layer" in inspect.signature(VisionTransformer).parameters:  # timm >= 1.0.20 takes one
-        args["attn_layer"] = Attention  # the same attention as RevViT's (float32 core on a CPU under bf16)
     return build_model_with_cfg(VisionTransformer, "vit_micro", pretrained,
                                 pretrained_filter_fn=checkpoint_filter_fn, **dict(args, **kwargs))
