@@ -64,9 +64,11 @@ def test_float64_grads_equal_backprop_any_depth(depth):
     assert "input0" in ref and len(ref) == 1 + 2 * depth * 6  # input + every parameter of every block
 
 
+@pytest.mark.parametrize("keep_last", [False, True])
 @pytest.mark.parametrize("depth", [1, 3, 6])
-def test_float64_grads_equal_with_dropout_in_train_mode(depth):
+def test_float64_grads_equal_with_dropout_in_train_mode(depth, keep_last):
     model = TwoStreamModel(make_stack(depth, p=0.3)).train()
+    model.body.keep_last = keep_last
     x = torch.randn(4, 6, 8, dtype=torch.float64)
     compare(model, x, rtol=1e-10)
 
@@ -153,12 +155,13 @@ class AutocastProbe(nn.Module):
         return self.lin(x)
 
 
+@pytest.mark.parametrize("keep_last", [False, True])
 @pytest.mark.parametrize("mode", REV_MODES)
-def test_recomputation_runs_under_forward_autocast_state(mode):
+def test_recomputation_runs_under_forward_autocast_state(mode, keep_last):
     torch.manual_seed(0)
     probes = [AutocastProbe(8) for _ in range(4)]
     blocks = [ReversibleCoupling(probes[0], probes[1]), ReversibleCoupling(probes[2], probes[3])]
-    model = TwoStreamModel(ReversibleStack(blocks, mode=mode)).train()
+    model = TwoStreamModel(ReversibleStack(blocks, mode=mode, keep_last=keep_last)).train()
     x = torch.randn(2, 3, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
@@ -167,13 +170,13 @@ def test_recomputation_runs_under_forward_autocast_state(mode):
         p.seen.clear()
     out.sum().backward()  # autograd runs backward with autocast off; recompute must turn it on
     assert probes[0].seen == probes[1].seen == [(True, True, torch.bfloat16)]
-    assert probes[2].seen == probes[3].seen == []  # the last block kept its forward's graphs
+    assert probes[2].seen == probes[3].seen == ([] if keep_last else [(True, True, torch.bfloat16)])
 
 
 @pytest.mark.parametrize("mode", REV_MODES)
-def test_only_the_last_block_keeps_its_graphs(mode):
-    """Backward recomputes every block but the last, whose forward kept its graphs; a second
-    backward of the same graph (retain_graph) recomputes that one too."""
+def test_keep_last_recomputes_every_block_but_the_last(mode):
+    """With keep_last, backward recomputes every block but the last, whose forward kept its graphs;
+    a second backward of the same graph (retain_graph) recomputes that one too."""
     calls = []
 
     class Counting(Sublayer):
@@ -183,7 +186,7 @@ def test_only_the_last_block_keeps_its_graphs(mode):
 
     torch.manual_seed(0)
     blocks = [ReversibleCoupling(Counting(8), Counting(8)) for _ in range(3)]
-    model = TwoStreamModel(ReversibleStack(blocks, mode=mode).double()).train()
+    model = TwoStreamModel(ReversibleStack(blocks, mode=mode, keep_last=True).double()).train()
     out = model(torch.randn(2, 3, 8, dtype=torch.float64))
     assert len(calls) == 6
     loss_fn(out).backward(retain_graph=True)

@@ -35,7 +35,7 @@ REFERENCE_MODELS = {
 }
 
 # Model kwargs that only reversible models take; the reference row gets the others.
-_REVERSIBLE_ONLY_KWARGS = {"backprop", "fusion", "transition_fusion"}
+_REVERSIBLE_ONLY_KWARGS = {"backprop", "fusion", "transition_fusion", "keep_last_activations"}
 
 
 def _reference_kwargs(model_kwargs: dict) -> dict:

@@ -159,8 +159,10 @@ class ReversibleModelMixin:
         modes = {m.mode for m in self.modules() if isinstance(m, ReversibleStack)}
         return modes.pop() if len(modes) == 1 else ",".join(sorted(modes))
 
-    def set_backprop(self, mode: str) -> None:
-        set_backprop_mode(self, mode)
+    def set_backprop(self, mode: str, keep_last_activations: bool | None = None) -> None:
+        """The backward mode; ``keep_last_activations``: each reversible stack keeps its last block's
+        activations instead of recomputing them (see ``ReversibleStack``)."""
+        set_backprop_mode(self, mode, keep_last_activations)
 
     # --- timm's memory switch, mapped onto the backward modes ---------------------------------------
     @torch.jit.ignore

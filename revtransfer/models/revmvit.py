@@ -146,6 +146,7 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         drop_rate=0.0,
         drop_path_rate=0.0,
         backprop="pareprop",
+        keep_last_activations=False,
         norm_layer=None,
     ):
         super().__init__()
@@ -209,6 +210,7 @@ class RevMViT(ReversibleModelMixin, nn.Module):
         self.layers = ReversibleSequence(stages)
         self._build_fused_head(dim, fusion, norm_layer, drop_rate, num_classes)
         self.apply(init_weights)
+        self.set_backprop(backprop, keep_last_activations)
 
     # --- timm conventions --------------------------------------------------------------------------
     @torch.jit.ignore

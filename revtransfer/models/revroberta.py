@@ -119,6 +119,7 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
         drop_path_rate=0.0,
         layer_norm_eps=1e-5,
         backprop="pareprop",
+        keep_last_activations=False,
     ):
         super().__init__()
         check_fusion(fusion)
@@ -149,6 +150,7 @@ class RevRoberta(ReversibleModelMixin, nn.Module):
         self.pre_logits = nn.Sequential(nn.Linear(self.num_features, embed_dim), nn.Tanh())
         self.reset_classifier(num_classes)
         self.apply(init_weights)
+        self.set_backprop(backprop, keep_last_activations)
         for m in self.modules():
             if isinstance(m, nn.Embedding):  # RoBERTa: normal(0, 0.02), padding row zero
                 nn.init.normal_(m.weight, std=0.02)

@@ -151,6 +151,7 @@ class RevSwin(ReversibleModelMixin, nn.Module):
         attn_drop_rate=0.0,
         drop_path_rate=0.0,
         backprop="pareprop",
+        keep_last_activations=False,
         norm_layer=None,
         act_layer=None,
     ):
@@ -196,6 +197,7 @@ class RevSwin(ReversibleModelMixin, nn.Module):
         self.layers = ReversibleSequence(stages)
         self._build_fused_head(dims[-1], fusion, norm_layer, drop_rate, num_classes)
         self.apply(init_weights)
+        self.set_backprop(backprop, keep_last_activations)
         for m in self.modules():  # init_weights leaves these alone; WindowAttention initialises them
             if isinstance(m, WindowAttention):
                 trunc_normal_(m.relative_position_bias_table, std=0.02)

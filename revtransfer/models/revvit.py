@@ -73,6 +73,7 @@ class RevViT(ReversibleModelMixin, nn.Module):
         attn_drop_rate=0.0,
         drop_path_rate=0.0,
         backprop="pareprop",
+        keep_last_activations=False,
         dynamic_img_size=False,
         norm_layer=None,
         act_layer=None,
@@ -111,6 +112,7 @@ class RevViT(ReversibleModelMixin, nn.Module):
         self.reset_classifier(num_classes)
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_weights)
+        self.set_backprop(backprop, keep_last_activations)
 
     # --- timm conventions --------------------------------------------------------------------------
     @torch.jit.ignore

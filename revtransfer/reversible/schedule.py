@@ -19,10 +19,10 @@ step overlaps with the other lane's step:
 
 Any depth works: nothing pairs blocks up, the last block simply has no recover(i-1) to overlap.
 
-The stack's last block is not recomputed at all: its forward already ran with its F and G graphs
-kept (:func:`forward_keeping_graphs`), which stores one block's activations (constant in depth)
-and saves 1/depth of the recompute (a quarter for the 4-block study models). A second backward
-through the same graph (``retain_graph``) recomputes it like the others.
+With ``keep_last`` the stack's last block is not recomputed at all: its forward already ran with
+its F and G graphs kept (:func:`forward_keeping_graphs`), which stores one block's activations
+(constant in depth) and saves 1/depth of the recompute (a quarter for the 4-block study models). A
+second backward through the same graph (``retain_graph``) recomputes it like the others.
 
 Parameters are differentiated through aliases made on the lane itself (:func:`lane_parameters`).
 A parameter's gradient accumulator node belongs to the stream it was created on, and the stack's
