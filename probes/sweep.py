@@ -28,6 +28,7 @@ Relative paths are resolved against the working directory (``--workdir``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -329,14 +330,10 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
         if max_cells is not None and len(report.ran) >= max_cells:
             break
         run_dir = spec.run_dir(cell)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(run_dir / ".cell.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            report.busy.append(cell.cell_id)
-            continue
-        try:
+        with cell_lock(run_dir) as mine:
+            if not mine:  # another process runs it
+                report.busy.append(cell.cell_id)
+                continue
             if cell.cell_id in ResultsTable(spec.out).finished_cells(spec.name):  # finished meanwhile
                 report.skipped.append(cell.cell_id)
                 continue
@@ -355,8 +352,6 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
             row["finished_at"] = utc_now()
             table.upsert([row])
             report.ran.append(cell.cell_id)
-        finally:
-            lock.release()
     return report
 
 
@@ -376,13 +371,9 @@ def record_failure(spec: SweepSpec, cell: Cell, error: str, detail: str | None =
     from revtransfer.provenance import git_commit, library_versions, utc_now
 
     run_dir = spec.run_dir(cell)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(run_dir / ".cell.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return False
-    try:
+    with cell_lock(run_dir) as mine:
+        if not mine:
+            return False
         table = ResultsTable(spec.out)
         if cell.cell_id in table.finished_cells(spec.name):
             return True
@@ -391,8 +382,6 @@ def record_failure(spec: SweepSpec, cell: Cell, error: str, detail: str | None =
         row.update(status="failed", error=error[:2000], finished_at=utc_now())
         table.upsert([row])
         return True
-    finally:
-        lock.release()
 
 
 def _failed_cells(table: ResultsTable, sweep: str) -> set[str]:
@@ -402,17 +391,29 @@ def _failed_cells(table: ResultsTable, sweep: str) -> set[str]:
     return set(t[(t["sweep"] == sweep) & (t["status"] == "failed")]["cell_id"])
 
 
-def _running_here_or_elsewhere(run_dir: Path) -> bool:
-    """A cell's lock is held while some process (this one, another sweep, a SLURM job) runs it."""
-    if not run_dir.exists():
-        return False
+@contextlib.contextmanager
+def cell_lock(run_dir: Path):
+    """Hold a cell's lock for the block: yields True, or False (holding nothing) while another
+    process (another sweep, a SLURM job) holds it. One process runs a cell at a time."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run_dir / ".cell.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        return True
-    lock.release()
-    return False
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def cell_lock_held(run_dir: Path) -> bool:
+    """Whether some process holds the cell's lock right now (it is running the cell)."""
+    if not (run_dir / ".cell.lock").exists():
+        return False
+    with cell_lock(run_dir) as mine:
+        return not mine
 
 
 def sweep_progress(spec: SweepSpec, here: Cell | None = None) -> str:
@@ -424,7 +425,7 @@ def sweep_progress(spec: SweepSpec, here: Cell | None = None) -> str:
     finished = set(ok["cell_id"]) if len(ok) else set()
     cells = spec.cells()
     done = sum(c.cell_id in finished for c in cells)
-    running = sum(c.cell_id not in finished and (c == here or _running_here_or_elsewhere(spec.run_dir(c)))
+    running = sum(c.cell_id not in finished and (c == here or cell_lock_held(spec.run_dir(c)))
                   for c in cells)
     left = len(cells) - done - running
     line = f"{done}/{len(cells)} cells done, {running} running, {left} left"

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock, Timeout
 
 from .slurm import JobRecord, SlurmOptions, check_slurm, is_active, job_states, make_executor, \
     new_submission_folder, submit, wait_for
@@ -73,23 +72,12 @@ def reconcile(spec, cells=None) -> tuple[dict[str, JobRecord], dict[str, str]]:
     return records, states
 
 
-def _held(run_dir: Path) -> bool:
-    """Whether a process (a local sweep) holds the cell's lock right now."""
-    if not (run_dir / ".cell.lock").exists():
-        return False
-    lock = FileLock(str(run_dir / ".cell.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
-
-
 def submit_sweep(spec, options: SlurmOptions, *, only: Callable | None = None, retry_failed: bool = True,
                  max_cells: int | None = None) -> SweepSubmission:
     """Submit every pending cell of ``spec`` as one SLURM job array (see the module docstring)."""
     from probes.results import ResultsTable
+
+    from probes.sweep import cell_lock_held
 
     from .jobs import SweepCellJob
 
@@ -105,7 +93,7 @@ def submit_sweep(spec, options: SlurmOptions, *, only: Callable | None = None, r
         r = records.get(c.cell_id)
         if status.get(c.cell_id) == "ok" or (not retry_failed and status.get(c.cell_id) == "failed"):
             sub.skipped.append(c.cell_id)
-        elif (r is not None and is_active(states.get(r.job_id, "UNKNOWN"))) or _held(spec.run_dir(c)):
+        elif (r is not None and is_active(states.get(r.job_id, "UNKNOWN"))) or cell_lock_held(spec.run_dir(c)):
             sub.busy.append(c.cell_id)
         else:
             todo.append(c)
