@@ -119,7 +119,9 @@ def test_sweep_of_four_cells_as_a_job_array(cluster, tmp_path):
     logs = list((tmp_path / "out" / "slurm").glob("*/*_log.err"))
     assert len(logs) == 4 and all("Job completed successfully" in p.read_text() for p in logs)
     status = _cli("sweep", path, "--workdir", tmp_path, "--status")
-    assert status.count("COMPLETED") == 4 and all(line.startswith("ok ") for line in status.splitlines())
+    *cells, summary = status.splitlines()
+    assert status.count("COMPLETED") == 4 and all(line.startswith("ok ") for line in cells)
+    assert summary.startswith("4/4 cells done, 0 running, 0 left")
     again = _cli("sweep", path, "--workdir", tmp_path, "--launcher", "slurm")
     assert "0 cells submitted, 4 already finished" in again
 
@@ -185,9 +187,9 @@ def test_a_cancelled_cell_is_recorded_and_resumed_by_the_next_sweep(cluster, tmp
     _wait_until(lambda: _job_over(job), 60, "the cancelled job to end", step=0.3)
     # SLURM reports CANCELLED at once; the process goes a few seconds later (KillWait) and, while
     # it holds the cell's lock, the failure is not written yet.
-    from revtransfer.launch.sweep import _held
+    from probes.sweep import cell_lock_held
 
-    _wait_until(lambda: not _held(run), 60, "the cancelled job's process to exit", step=0.3)
+    _wait_until(lambda: not cell_lock_held(run), 60, "the cancelled job's process to exit", step=0.3)
     before = (run / "metrics.jsonl").read_text().splitlines()
     assert 1 <= len(before) < EPOCHS, "the cell was not cancelled mid-run"
 
