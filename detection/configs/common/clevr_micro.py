@@ -34,30 +34,38 @@ model.backbone.square_pad = image_size
 model.pixel_mean = [127.5, 127.5, 127.5]
 model.pixel_std = [127.5, 127.5, 127.5]
 
-rpn = model.proposal_generator
-rpn.in_features = ["p1", "p2", "p3", "p4"]
-rpn.head.in_channels = width
-rpn.anchor_generator.sizes = [[8], [16], [32], [64]]
-rpn.anchor_generator.strides = [2, 4, 8, 16]
-rpn.batch_size_per_image = 64
-rpn.pre_nms_topk = (600, 300)
-rpn.post_nms_topk = (150, 100)
 
-roi = model.roi_heads
-roi.num_classes = 3  # clevr_gen's default categories (shapes); the launcher sets it from the json
-roi.batch_size_per_image = 32
-for pooler in (roi.box_pooler, roi.mask_pooler):
-    pooler.scales = (1.0 / 2, 1.0 / 4, 1.0 / 8)
-    pooler.canonical_box_size = 32  # a 32-pixel box pools from p2, 16 from p1, 64 from p3
-    pooler.canonical_level = 2
-roi.box_in_features = roi.mask_in_features = ["p1", "p2", "p3"]
-roi.box_head.input_shape = ShapeSpec(channels=width, height=7, width=7)
-roi.box_head.conv_dims = [width] * 4
-roi.box_head.fc_dims = [256]
-roi.box_predictor.input_shape = ShapeSpec(channels=256)
-roi.box_predictor.test_topk_per_image = 50
-roi.mask_head.input_shape = ShapeSpec(channels=width, height=14, width=14)
-roi.mask_head.conv_dims = [width] * 5
+def small_object_heads(model, levels, strides):
+    """RPN and ROI heads for clevr_gen's objects (4-60 pixels), narrow and sampling few boxes:
+    anchors of 8-64 pixels on the four pyramid ``levels`` (``strides`` apart), ROI pooling from the
+    first three. Shared by the single-scale (ViTDet) and the FPN configs."""
+    rpn = model.proposal_generator
+    rpn.in_features = list(levels)
+    rpn.head.in_channels = width
+    rpn.anchor_generator.sizes = [[8], [16], [32], [64]]
+    rpn.anchor_generator.strides = list(strides)
+    rpn.batch_size_per_image = 64
+    rpn.pre_nms_topk = (600, 300)
+    rpn.post_nms_topk = (150, 100)
+
+    roi = model.roi_heads
+    roi.num_classes = 3  # clevr_gen's default categories (shapes); the launcher sets it from the json
+    roi.batch_size_per_image = 32
+    for pooler in (roi.box_pooler, roi.mask_pooler):
+        pooler.scales = tuple(1.0 / s for s in strides[:3])
+        pooler.canonical_box_size = 32  # a 32-pixel box pools from the level of stride 4
+        pooler.canonical_level = 2
+    roi.box_in_features = roi.mask_in_features = list(levels[:3])
+    roi.box_head.input_shape = ShapeSpec(channels=width, height=7, width=7)
+    roi.box_head.conv_dims = [width] * 4
+    roi.box_head.fc_dims = [256]
+    roi.box_predictor.input_shape = ShapeSpec(channels=256)
+    roi.box_predictor.test_topk_per_image = 50
+    roi.mask_head.input_shape = ShapeSpec(channels=width, height=14, width=14)
+    roi.mask_head.conv_dims = [width] * 5
+
+
+small_object_heads(model, levels=("p1", "p2", "p3", "p4"), strides=(2, 4, 8, 16))
 
 # --- data ----------------------------------------------------------------------------------------
 datasets.train.name, datasets.test.name = "clevr_train", "clevr_val"
