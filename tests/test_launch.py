@@ -102,21 +102,27 @@ def test_command_line_errors_are_one_clear_line(tmp_path, monkeypatch):
                                                    "--launcher local")
 
 
-def test_job_states_from_sacct_then_squeue(monkeypatch):
+def test_job_states_from_squeue_then_sacct(monkeypatch):
     calls = []
 
     def fake_run(cmd, timeout):
         calls.append(cmd[0])
-        if cmd[0] == "sacct":
-            return "12_0|COMPLETED\n12_[2-3%2]|PENDING\n12_1|CANCELLED by 0\n12_1.batch|CANCELLED\n"
-        return "13|RUNNING\n"
+        if cmd[0] == "sacct":  # accounting lags: 13 runs already, 14 has left the queue
+            return ("12_0|COMPLETED\n12_[2-3%2]|PENDING\n12_1|CANCELLED by 0\n12_1.batch|CANCELLED\n"
+                    "13|PENDING\n14|RUNNING\n")
+        return "13|RUNNING\n12_2|RUNNING\n12_3|PENDING\n"
 
     monkeypatch.setattr(S, "_run", fake_run)
-    states = S.job_states(["12_0", "12_1", "12_2", "12_3", "13", "14"])
-    assert states == {"12_0": "COMPLETED", "12_1": "CANCELLED", "12_2": "PENDING", "12_3": "PENDING",
-                      "13": "RUNNING", "14": S.GONE}
+    states = S.job_states(["12_0", "12_1", "12_2", "12_3", "13", "14", "15"])
+    assert states == {"12_0": "COMPLETED", "12_1": "CANCELLED", "12_2": "RUNNING", "12_3": "PENDING",
+                      "13": "RUNNING", "14": S.GONE, "15": S.GONE}
+    assert calls == ["squeue", "sacct"]
+    calls.clear()
+    assert S.job_states(["13"]) == {"13": "RUNNING"} and calls == ["squeue"]  # all live: no sacct call
     monkeypatch.setattr(S, "_run", lambda cmd, timeout: None)  # neither command answers
     assert S.job_states(["15"]) == {"15": "UNKNOWN"} and S.is_active("UNKNOWN")
+    monkeypatch.setattr(S, "_run", lambda cmd, timeout: "16|COMPLETED\n" if cmd[0] == "sacct" else None)
+    assert S.job_states(["16"]) == {"16": "COMPLETED"}  # squeue down, accounting has the end
 
 
 def _dead_job(spec, cell, tmp_path, state="CANCELLED"):

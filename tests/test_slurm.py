@@ -92,9 +92,11 @@ def _wait_until(predicate, timeout: float, what: str, step: float = 0.1):
 
 
 def _job_over(job_id: str) -> bool:
-    from revtransfer.launch.slurm import is_active, job_states
+    """Over, and its end recorded by accounting (which lags the queue by a moment)."""
+    from revtransfer.launch.slurm import GONE, is_active, job_states
 
-    return not is_active(job_states([job_id])[job_id])
+    state = job_states([job_id])[job_id]
+    return not is_active(state) and state != GONE
 
 
 def test_sweep_of_four_cells_as_a_job_array(cluster, tmp_path):

@@ -16,8 +16,9 @@ Resources (:class:`SlurmOptions`) come from command-line options and/or a ``laun
       setup: ["module load cuda/12.1"]                     # shell lines run before the job
       max_requeue: 3           # times a job may time out and requeue itself
 
-Job states are read with ``sacct`` (``squeue`` where accounting is off); a job known to neither is
-over. A job that is over without a result file was killed (cancelled, out of memory or time,
+Job states are read with ``squeue`` while a job is queued or running (slurmctld's live view) and with
+``sacct`` once it has left the queue; a job that has left the queue is over, even where accounting
+has not recorded its end yet (GONE). A job that is over without a result file was killed (cancelled, out of memory or time,
 node failure): :meth:`JobRecord.log_tail` gives the last lines of its log.
 """
 from __future__ import annotations
@@ -378,22 +379,26 @@ def _parse(text: str) -> dict[str, str]:
 
 
 def job_states(job_ids: Iterable[str], timeout: float = 30) -> dict[str, str]:
-    """The state of each job (``12`` or ``12_3``): sacct's, else squeue's, else GONE (over) when squeue
-    answers without it, else UNKNOWN (neither command answered)."""
+    """The state of each job (``12`` or ``12_3``): squeue's while the job is in the queue (slurmctld's
+    live view; sacct learns of a start or an end from slurmdbd later, so it can still say PENDING
+    while the job runs), else sacct's final state, else GONE (over: the queue answered without it),
+    else UNKNOWN (neither command answered)."""
     ids = sorted(set(map(str, job_ids)))
     if not ids:
         return {}
-    mains = sorted({j.split("_")[0] for j in ids})
-    states: dict[str, str] = {}
-    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)], timeout)
-    if out is not None:
-        states.update(_parse(out))
-    missing = [j for j in ids if j not in states]
-    if missing:
-        queued = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"], timeout)
-        found = _parse(queued) if queued is not None else {}
-        for j in missing:
-            states[j] = found.get(j, GONE if queued is not None else "UNKNOWN")
+    queued = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"], timeout)
+    live = _parse(queued) if queued is not None else {}
+    states = {j: live[j] for j in ids if j in live}
+    gone = [j for j in ids if j not in states]
+    if gone:
+        mains = sorted({j.split("_")[0] for j in gone})
+        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)], timeout)
+        recorded = _parse(out) if out is not None else {}
+        for j in gone:
+            state = recorded.get(j)
+            if queued is not None and (state is None or is_active(state)):
+                state = GONE  # out of the queue, so over, whatever accounting has not caught up on yet
+            states[j] = state or "UNKNOWN"
     return {j: states[j] for j in ids}
 
 
