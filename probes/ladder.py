@@ -61,6 +61,21 @@ class LadderSpec:
     precision: str = "bf16"
     seed: int = 0
     workers: int = 2
+    objects: tuple[int, int] | None = None  # (min, max) objects per scene; None: clevr_gen's 3..10
+
+    def data_name(self, size: int) -> str:
+        objects = f"-obj{self.objects[0]}-{self.objects[1]}" if self.objects else ""
+        return f"{self.preset}{objects}-{size}px-n{self.n}"
+
+
+def parse_objects(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"objects {text!r}: give MIN:MAX, e.g. 2:4") from None
+    return lo, hi
 
 
 def run_ladder(spec: LadderSpec, workdir: Path, out: Path, progress: bool = True, echo=print) -> Path:
@@ -73,8 +88,10 @@ def run_ladder(spec: LadderSpec, workdir: Path, out: Path, progress: bool = True
     from revtransfer.train.pretrain import read_summary
 
     for rung in spec.rungs:
-        data = workdir / "data" / f"{spec.preset}-{rung.size}px-n{spec.n}"
+        data = workdir / "data" / spec.data_name(rung.size)
         fields = preset(spec.preset) | {"n": spec.n, "width": rung.size, "height": rung.size}
+        if spec.objects:
+            fields |= {"min_objects": spec.objects[0], "max_objects": spec.objects[1]}
         generate(DatasetSpec(**fields), data, workers=spec.workers, progress=progress)
         for arch in spec.archs:
             run = workdir / "runs" / rung.name / arch
@@ -186,20 +203,22 @@ import click  # noqa: E402
 @click.option("--arch", "archs", multiple=True, default=("vit_micro", "revvit_micro"))
 @click.option("--preset", default="pretrain-corr0.30", help="clevr_gen preset of the pretrain data.")
 @click.option("--n", type=int, default=12_000, help="Images per pretrain set (one per image size).")
+@click.option("--objects", default=None, help="MIN:MAX objects per scene (default: clevr_gen's 3:10).")
 @click.option("--epochs", type=int, default=8)
 @click.option("--batch-size", type=int, default=128)
 @click.option("--lr", type=float, default=1e-3)
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="bf16")
 @click.option("--report-only", is_flag=True, help="Rewrite the report from the runs there are; train nothing.")
 @click.option("--progress/--no-progress", default=True)
-def ladder(out, workdir, rungs, archs, preset, n, epochs, batch_size, lr, precision, report_only, progress):
+def ladder(out, workdir, rungs, archs, preset, n, objects, epochs, batch_size, lr, precision, report_only, progress):
     """Pretraining accuracy on X vs samples seen and wall time, per image size and model size,
     for both archs: the evidence a CPU protocol is chosen from.
 
     \b
     revtransfer ladder --rung 32:64:4 --rung 48:128:4 --epochs 8 --out reports/ladder
     """
-    spec = LadderSpec([Rung.parse(r) for r in rungs], tuple(archs), preset, n, epochs, batch_size, lr, precision)
+    spec = LadderSpec([Rung.parse(r) for r in rungs], tuple(archs), preset, n, epochs, batch_size, lr, precision,
+                      objects=parse_objects(objects))
     if report_only:
         index = write_ladder_report(spec, Path(workdir), Path(out))
     else:

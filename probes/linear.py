@@ -1,5 +1,10 @@
 """The linear probe: standardise features, fit an L2 logistic regression, choose C on a validation
-split from a log grid, report test accuracy and AUROC with bootstrap 95% confidence intervals."""
+split from a log grid, report test accuracy and AUROC with bootstrap 95% confidence intervals.
+
+Optionally (``pca_dim``) the probe first reduces the features to their top principal components,
+fitted on the training split alone: the width-matched control. RevViT's concat fusion gives 2C
+features against ViT's C, so a probe on raw features also compares feature widths; probing every
+backbone on the same number of components separates the architecture from the width."""
 from __future__ import annotations
 
 import math
@@ -104,14 +109,30 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int
     return tuple(np.sort(np.concatenate(parts[name])) for name in ("train", "val", "test"))
 
 
+def pca_basis(x_train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), components (k, D)) of the top-``k`` principal components of ``x_train``: the
+    right singular vectors of the centred matrix, each signed so that its largest-|value| entry is
+    positive (SVD's sign is arbitrary; this makes the projection deterministic)."""
+    mean = x_train.mean(axis=0)
+    _, _, vt = np.linalg.svd(x_train - mean, full_matrices=False)
+    comps = vt[:k]
+    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
+    return mean, comps * np.where(signs == 0, 1.0, signs)[:, None]
+
+
 def fit_linear_probe(features: np.ndarray, labels: np.ndarray, *, task: str = "probe",
                      split: Sequence[float] = DEFAULT_SPLIT, Cs: Sequence[float] = DEFAULT_CS,
                      seed: int = 0, n_boot: int = 1000, max_iter: int = 2000,
-                     indices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> ProbeResult:
+                     indices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                     pca_dim: int | None = None) -> ProbeResult:
     """Fit the probe on a seeded, stratified (train, val, test) split of ``features`` / binary ``labels``.
 
     C is the grid value with the best validation accuracy (ties: the smaller C, i.e. the stronger
     regularisation); the final probe is refit on train + val with that C and scored on test.
+
+    ``pca_dim``: first project every sample onto the top-``pca_dim`` principal components of the
+    TRAIN split's features (val and test never inform the projection); ``feature_dim`` is then
+    ``pca_dim``. The width-matched control: the same ``pca_dim`` for every backbone.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -123,11 +144,21 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, *, task: str = "p
         raise ValueError("features contain NaN or inf (did pretraining diverge?)")
     if not Cs:
         raise ValueError("the C grid is empty")
+    if pca_dim is not None and (isinstance(pca_dim, bool) or not isinstance(pca_dim, (int, np.integer))
+                                or pca_dim < 1):
+        raise ValueError(f"probe {task}: pca_dim={pca_dim!r} must be a positive integer (or None: no PCA)")
     tr, va, te = indices if indices is not None else stratified_split(labels, split, seed)
     for name, idx in (("train", tr), ("val", va), ("test", te)):
         if len(np.unique(labels[idx])) < 2:
             raise ValueError(f"probe {task}: the {name} split ({len(idx)} samples) holds one class only; "
                              f"need more data")
+    if pca_dim is not None:
+        allowed = min(features.shape[1], len(tr))
+        if pca_dim > allowed:
+            raise ValueError(f"probe {task}: pca_dim={pca_dim} is too large: at most {allowed} (the smaller of the "
+                             f"feature width {features.shape[1]} and the training split's {len(tr)} samples)")
+        mean, comps = pca_basis(features[tr], pca_dim)
+        features = (features - mean) @ comps.T
     best = None
     for C in sorted(Cs):
         acc = _fit(features[tr], labels[tr], C, max_iter, seed).score(features[va], labels[va])

@@ -34,6 +34,10 @@ class ProbeSettings:
     max_iter: int = 2000
     checkpoint: str = "last"  # "last" (end of training) or "best" (best pretrain val acc)
     sanity: bool = True       # also probe has_x on the pretrain held-out part
+    # Probe Y also on the top-`match_dim` PCA components of the features (fitted on the probe's
+    # train split), the same number for every arch, to separate architecture from feature width
+    # (RevViT's concat fusion gives 2C features, ViT's C): e.g. the ViT width. None: off.
+    match_dim: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ProbeSettings":
@@ -44,7 +48,15 @@ class ProbeSettings:
             raise ValueError(f"unknown probe settings {unknown}; known: {sorted(names)}")
         if d.get("checkpoint", "last") not in ("last", "best"):
             raise ValueError(f"probe checkpoint={d['checkpoint']!r}: choose 'last' or 'best'")
+        m = d.get("match_dim")
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"probe match_dim={m!r}: give a positive integer (e.g. the ViT feature width) or omit it")
         return cls(**d)
+
+    @property
+    def matched_task(self) -> str | None:
+        """The result key of the width-matched probe (None when match_dim is off)."""
+        return None if self.match_dim is None else f"has_y@transfer_pca{self.match_dim}"
 
 
 @dataclass
@@ -113,9 +125,15 @@ def run_probes(run_dir: str | Path, transfer_dataset: str | Path, settings: Prob
     idx = torch.arange(len(transfer)).numpy()
     feats = cached_features(cache, key, model, transfer, idx, backbone.normalize,
                             batch_size=settings.batch_size, progress=progress, desc="features transfer")
+    labels = transfer.binary_labels("has_y")
     results["has_y@transfer"] = fit_linear_probe(
-        feats, transfer.binary_labels("has_y"), task="has_y@transfer", split=settings.split, Cs=settings.Cs,
+        feats, labels, task="has_y@transfer", split=settings.split, Cs=settings.Cs,
         seed=settings.seed, n_boot=settings.n_boot, max_iter=settings.max_iter)
+    if settings.match_dim is not None:  # the width-matched control: same features, same split
+        task = settings.matched_task
+        results[task] = fit_linear_probe(
+            feats, labels, task=task, split=settings.split, Cs=settings.Cs, seed=settings.seed,
+            n_boot=settings.n_boot, max_iter=settings.max_iter, pca_dim=settings.match_dim)
 
     if settings.sanity:
         cfg = backbone.config

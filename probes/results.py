@@ -21,6 +21,9 @@ COLUMNS = (
     "probe_acc", "probe_acc_ci_low", "probe_acc_ci_high",
     "probe_auroc", "probe_auroc_ci_low", "probe_auroc_ci_high", "probe_C", "probe_majority_acc",
     "probe_n_train", "probe_n_test",
+    # The width-matched control (ProbeSettings.match_dim): the probe on the top-`matched_dim` PCA
+    # components. Null when the setting is off; tables written before it lack these columns.
+    "probe_acc_matched", "probe_acc_matched_ci_low", "probe_acc_matched_ci_high", "matched_dim",
     "sanity_x_acc", "sanity_x_auroc",
     "feature_dim", "wall_time_s", "pretrain_time_s", "samples_per_s", "peak_mem_mb", "peak_mem_kind",
     "device", "world_size", "git_commit", "torch_version", "timm_version", "run_dir", "error", "finished_at",

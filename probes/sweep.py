@@ -20,11 +20,17 @@ Sweep file (YAML)::
     grid: {arch: [vit_micro, revvit_micro], corr: [0.8, 0.3], fraction: [1/3, 1], seed: [0]}
     backprop: pareprop                  # for reversible archs
     recipe: {epochs: 3, batch_size: 32}  # PretrainConfig fields
+    equal_samples: false                # true: a fraction-f cell trains epochs/f epochs (see below)
     model_kwargs: {depth: 2}             # for every arch; per arch: model_kwargs_by_arch
     probe: {n_boot: 200}                 # ProbeSettings fields
     launcher: {partition: gpu, time: "4:00:00", gpus_per_task: 1}  # SLURM resources (--launcher slurm)
 
 Relative paths are resolved against the working directory (``--workdir``).
+
+By default a fraction-f cell trains ``recipe.epochs`` epochs on f of the pretrain set, so less data
+also means fewer optimiser steps (the thesis's protocol). ``equal_samples: true`` gives it
+round(epochs / f) epochs instead: every cell sees the same number of samples, and the fraction
+varies only how many distinct images they come from (what a CPU study needs for every cell to learn X).
 """
 from __future__ import annotations
 
@@ -55,11 +61,17 @@ from .results import ResultsTable
 log = logging.getLogger(__name__)
 _RECIPE_FORBIDDEN = {"dataset", "out", "arch", "fraction", "seed", "backprop", "model_kwargs"}
 _TOP_KEYS = {"name", "out", "datasets", "grid", "backprop", "recipe", "model_kwargs", "model_kwargs_by_arch",
-             "probe", "description", "launcher"}
+             "probe", "description", "launcher", "equal_samples"}
 
 
 class SweepError(ValueError):
     pass
+
+
+def _flag(v, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise SweepError(f"{what}: {v!r} is not true or false")
+    return v
 
 
 def parse_number(v, what: str) -> float:
@@ -106,6 +118,7 @@ class SweepSpec:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     gen_workers: int = 1
     launcher: dict = field(default_factory=dict)  # SLURM resources (revtransfer.launch.slurm.SlurmOptions)
+    equal_samples: bool = False  # a fraction-f cell trains round(epochs / f) epochs
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -187,7 +200,8 @@ class SweepSpec:
             corrs=corrs, fractions=fractions, seeds=seeds, backprop=d.get("backprop", "pareprop"), recipe=recipe,
             model_kwargs=dict(d.get("model_kwargs") or {}), model_kwargs_by_arch=dict(d.get("model_kwargs_by_arch") or {}),
             probe=ProbeSettings.from_dict(d.get("probe")), gen_workers=int(ds.get("workers", 1)),
-            launcher=_launcher_section(d.get("launcher")))
+            launcher=_launcher_section(d.get("launcher")), equal_samples=_flag(d.get("equal_samples", False),
+                                                                               "equal_samples"))
         spec.pretrain_config(spec.cells()[0])  # validates the recipe now, not in the first cell
         return spec
 
@@ -204,11 +218,16 @@ class SweepSpec:
         return self.out / "runs" / cell.cell_id
 
     def pretrain_config(self, cell: Cell) -> PretrainConfig:
+        recipe = dict(self.recipe)
+        if self.equal_samples:
+            epochs = recipe.get("epochs", PretrainConfig.epochs)
+            if isinstance(epochs, int) and not isinstance(epochs, bool):  # else PretrainConfig says what is wrong
+                recipe["epochs"] = max(1, round(epochs / cell.fraction))
         try:
             return PretrainConfig(
                 dataset=str(self.pretrain[cell.corr].path), out=str(self.run_dir(cell)), arch=cell.arch,
                 model_kwargs=self.kwargs_for(cell.arch), backprop=self.backprop, fraction=cell.fraction,
-                seed=cell.seed, **self.recipe)
+                seed=cell.seed, **recipe)
         except TypeError as e:
             raise SweepError(f"recipe: {e}") from e
 
@@ -284,11 +303,20 @@ def run_cell(spec: SweepSpec, cell: Cell, progress: bool = True) -> dict:
         "probe_acc": y.acc, "probe_acc_ci_low": y.acc_ci_low, "probe_acc_ci_high": y.acc_ci_high,
         "probe_auroc": y.auroc, "probe_auroc_ci_low": y.auroc_ci_low, "probe_auroc_ci_high": y.auroc_ci_high,
         "probe_C": y.C, "probe_majority_acc": y.majority_acc, "probe_n_train": y.n_train, "probe_n_test": y.n_test,
+        **matched_columns(probes, spec.probe),
         "sanity_x_acc": x.acc if x else None, "sanity_x_auroc": x.auroc if x else None,
         "feature_dim": result.feature_dim, "wall_time_s": time.perf_counter() - t0,
         "pretrain_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
         "peak_mem_mb": result.peak_mem_mb, "peak_mem_kind": result.peak_mem_kind,
     }
+
+
+def matched_columns(probes: dict, settings: ProbeSettings) -> dict:
+    """The width-matched control's columns (all None when ``settings.match_dim`` is off)."""
+    m = probes.get(settings.matched_task) if settings.match_dim is not None else None
+    return {"probe_acc_matched": m.acc if m else None, "probe_acc_matched_ci_low": m.acc_ci_low if m else None,
+            "probe_acc_matched_ci_high": m.acc_ci_high if m else None,
+            "matched_dim": m.feature_dim if m else None}
 
 
 @dataclass

@@ -14,10 +14,11 @@ from pathlib import Path
 import click
 
 # The bench step: the demo sweep's model at the demo's image size.
-BENCH_KWARGS = {"img_size": 48, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}
+BENCH_KWARGS = {"img_size": 48, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 2}
 BENCH_BATCH_SIZES = [16, 32, 64]
 BENCH_STEPS, BENCH_WARMUP = 10, 3
 DETECT_IMAGES = 200
+LEARNED_X = 0.90  # pretraining validation accuracy on X every cell must reach (issue 11)
 
 
 def _step(title: str):
@@ -116,8 +117,16 @@ def _summary(spec, index: Path, timings: dict, sweep) -> None:
             click.echo(f"  corr {r.corr:>5g}  fraction {r.fraction:.2f}  {r.arch:<13} {100 * r.acc_mean:5.1f}%", err=True)
         imp = improvement_table(res[res["sweep"] == spec.name])
         if len(imp):
-            click.echo(f"  mean RevViT - ViT: {100 * imp['improvement'].mean():+.1f} points (demo scale: "
-                       "a smoke test of the pipeline, not the study's result)", err=True)
+            click.echo(f"  mean RevViT - ViT: {100 * imp['improvement'].mean():+.1f} points (one seed per cell: "
+                       "not the study's answer; that is `revtransfer sweep cpu`)", err=True)
+        mine = res[(res["sweep"] == spec.name) & (res["status"] == "ok")]
+        if len(mine) and "pretrain_val_acc" in mine:
+            worst = mine.loc[mine["pretrain_val_acc"].idxmin()]
+            learned = worst["pretrain_val_acc"] >= LEARNED_X
+            click.secho(f"  pretraining on X: every cell >= {worst['pretrain_val_acc']:.3f} validation accuracy "
+                        f"(lowest: {worst['arch']} corr {worst['corr']:g}); "
+                        + ("all learned X" if learned else f"below {LEARNED_X}: the probes compare backbones "
+                           "that did not learn X"), fg=None if learned else "yellow", err=True)
     if sweep.failed:
         click.secho(f"{len(sweep.failed)} cell(s) failed: see {spec.out}/results.csv", fg="red", err=True)
     click.echo("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()), err=True)

@@ -9,8 +9,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from study_fixtures import TINY_VIT, write_dataset
-from probes.linear import fit_linear_probe, weighted_auroc
+from probes.linear import ProbeResult, fit_linear_probe, pca_basis, stratified_split, weighted_auroc
 from probes.probe import ProbeSettings, run_probes
+from probes.sweep import matched_columns
 from revtransfer.train import CheckpointError, PretrainConfig, pretrain
 
 
@@ -76,6 +77,73 @@ def test_probing_a_run(tmp_path, monkeypatch, arch, width):
     monkeypatch.setattr(probes.features, "extract_features", lambda *a, **k: pytest.fail("features recomputed"))
     again = run_probes(run, transfer, ProbeSettings(n_boot=50), progress=False)
     assert again["has_y@transfer"].acc == results["has_y@transfer"].acc
+    # The width-matched control: the same cached features, the same split, k PCA components.
+    matched = run_probes(run, transfer, ProbeSettings(n_boot=50, match_dim=8, sanity=False), progress=False)
+    assert set(matched) == {"has_y@transfer", "has_y@transfer_pca8"}
+    assert matched["has_y@transfer"].acc == results["has_y@transfer"].acc
+    m = matched["has_y@transfer_pca8"]
+    assert m.feature_dim == 8 and (m.n_train, m.n_test) == (results["has_y@transfer"].n_train,
+                                                          results["has_y@transfer"].n_test)
+    saved = json.loads((run / "probe.json").read_text())
+    assert saved["settings"]["match_dim"] == 8 and saved["results"]["has_y@transfer_pca8"]["feature_dim"] == 8
+
+
+def test_pca_probe_reports_k_dims_and_fits_the_pca_on_train_only():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 24)) * np.r_[np.linspace(10, 5, 6), np.ones(18)]  # 6 dominant directions
+    y = (x[:, :6] @ rng.normal(size=6) + rng.normal(size=300) > 0).astype(int)  # the signal lies in them
+    r = fit_linear_probe(x, y, n_boot=50, pca_dim=6)
+    assert r.feature_dim == 6 and r.acc > 0.85
+    tr, _, te = stratified_split(y, (0.6, 0.2, 0.2), 0)
+    # Wild test features (huge variance along the first axes) would dominate a PCA that saw them:
+    # the choice of C and the validation accuracy depend on train + val alone, so they stay put.
+    wild = x.copy()
+    wild[te] += np.random.default_rng(5).normal(0, 1e3, (len(te), 24)) * (np.arange(24) < 6)
+    r2 = fit_linear_probe(wild, y, n_boot=50, pca_dim=6)
+    assert (r2.C, r2.val_acc, r2.n_train) == (r.C, r.val_acc, r.n_train)
+    # ...whereas a PCA fitted on all samples would have changed with them.
+    _, comps_all = pca_basis(wild, 6)
+    _, comps_tr = pca_basis(x[tr], 6)
+    assert not np.allclose(np.abs(comps_all @ comps_tr.T), np.eye(6), atol=0.1)
+    # The basis: orthonormal, deterministic signs (largest-|value| entry positive), train mean.
+    mean, comps = pca_basis(x[tr], 6)
+    assert np.allclose(comps @ comps.T, np.eye(6)) and np.allclose(mean, x[tr].mean(0))
+    assert (comps[np.arange(6), np.abs(comps).argmax(1)] > 0).all()
+    assert np.allclose(pca_basis(-x[tr], 6)[1], comps)  # flipping the data does not flip the basis
+
+
+@pytest.mark.parametrize("k", [0, -3, 25, 181, 2.5, True])
+def test_bad_pca_dim_is_refused_naming_the_value(k):
+    x, y = _features(n=300, d=24)  # 182 training samples, 24 dims: 1..24 allowed
+    with pytest.raises(ValueError, match=rf"pca_dim={k!r}"):
+        fit_linear_probe(x, y, n_boot=10, pca_dim=k)
+
+
+def test_pca_dim_is_bounded_by_the_width_and_the_training_split():
+    x, y = _features(n=300, d=24)
+    with pytest.raises(ValueError, match="pca_dim=25 is too large: at most 24"):
+        fit_linear_probe(x, y, n_boot=10, pca_dim=25)
+    assert fit_linear_probe(x, y, n_boot=10, pca_dim=24).feature_dim == 24
+    x_small, y_small = _features(n=20, d=24)  # 14 training samples
+    with pytest.raises(ValueError, match="pca_dim=15 is too large: at most 14"):
+        fit_linear_probe(x_small, y_small, n_boot=10, pca_dim=15)
+
+
+@pytest.mark.parametrize("m", [0, -1, "16", 2.0, True])
+def test_bad_match_dim_setting_is_refused(m):
+    with pytest.raises(ValueError, match="match_dim"):
+        ProbeSettings.from_dict({"match_dim": m})
+    assert ProbeSettings.from_dict({"match_dim": 16}).matched_task == "has_y@transfer_pca16"
+    assert ProbeSettings.from_dict({}).matched_task is None
+
+
+def test_sweep_row_carries_the_matched_probe_or_nulls():
+    r = ProbeResult("has_y@transfer_pca16", 16, 60, 20, 20, 1.0, 0.8, 0.75, 0.7, 0.8, 0.8, 0.75, 0.85, 0.5)
+    on = matched_columns({"has_y@transfer_pca16": r}, ProbeSettings(match_dim=16))
+    assert on == {"probe_acc_matched": 0.75, "probe_acc_matched_ci_low": 0.7, "probe_acc_matched_ci_high": 0.8,
+                  "matched_dim": 16}
+    off = matched_columns({"has_y@transfer_pca16": r}, ProbeSettings())
+    assert set(off) == set(on) and all(v is None for v in off.values())
 
 
 def test_probing_a_run_without_checkpoint_names_the_file(tmp_path):

@@ -79,3 +79,51 @@ def test_report_writes_tables_plots_and_index(tmp_path):
     assert np.isclose(summary["best_pareprop_over_reference"].iloc[0], 1.1 / 1.4)
     assert np.isclose(summary["reference_act_over_reprop"].iloc[0], 10.0)
     assert json.loads((out / "provenance.json").read_text())["command"].startswith("revtransfer report")
+
+
+def test_width_matched_control_gets_its_own_improvement_table(tmp_path):
+    d = _results(tmp_path)
+    res = pd.read_parquet(d / "results.parquet")
+    ok = res["probe_acc"].notna()
+    # The matched probe: ViT keeps its accuracy, RevViT loses 0.03 + a seed-dependent 0.01 * seed.
+    shift = np.where(res["arch"] == "revvit_micro", -0.03 - 0.01 * res["seed"].fillna(0), 0.0)
+    res.loc[ok, "probe_acc_matched"] = res.loc[ok, "probe_acc"] + shift[ok.to_numpy()]
+    res.loc[ok, "probe_acc_matched_ci_low"] = res.loc[ok, "probe_acc_matched"] - 0.02
+    res.loc[ok, "probe_acc_matched_ci_high"] = res.loc[ok, "probe_acc_matched"] + 0.02
+    res.loc[ok, "matched_dim"] = 256
+    res.to_parquet(d / "results.parquet")
+    out = tmp_path / "reports"
+    r = CliRunner().invoke(main, ["report", "--results", str(d), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for ext in ("md", "csv", "tex"):
+        assert (out / f"improvement_matched.{ext}").exists()
+    matched = pd.read_csv(out / "improvement_matched.csv")
+    main_imp = pd.read_csv(out / "improvement.csv")
+    assert len(matched) == 4 and (matched["n"] == 3).all()
+    rows = res[ok]
+    for m in matched.itertuples():
+        cell = rows[(rows["corr"] == m.corr) & (rows["fraction"] == m.fraction)]
+        rev = cell[cell["arch"] == "revvit_micro"].set_index("seed")["probe_acc_matched"]
+        base = cell[cell["arch"] == "vit_micro"].set_index("seed")["probe_acc_matched"]
+        assert np.isclose(m.improvement, (rev - base).mean())
+    # The matched difference is the main one minus the RevViT shift (mean over seeds 0, 1, 2: 0.04).
+    assert np.allclose(matched["improvement"], main_imp["improvement"] - 0.04)
+    index = (out / "README.md").read_text()
+    assert "### Width-matched control (top-k PCA components of each backbone's features)" in index
+    assert "k = 256" in index
+    # The main table does not depend on the matched columns.
+    (tmp_path / "plain").mkdir()
+    plain = tables.improvement_table(pd.read_parquet(_results(tmp_path / "plain") / "results.parquet"))
+    assert np.allclose(plain["improvement"], main_imp["improvement"])
+
+
+def test_no_matched_section_without_the_matched_column(tmp_path):
+    out = tmp_path / "reports"
+    r = CliRunner().invoke(main, ["report", "--results", str(_results(tmp_path)), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "improvement.csv").exists() and not (out / "improvement_matched.csv").exists()
+    assert "Width-matched" not in (out / "README.md").read_text()
+    # A table whose matched column is all null (the setting off) reads the same.
+    (tmp_path / "off").mkdir()
+    res = pd.read_parquet(_results(tmp_path / "off") / "results.parquet").assign(probe_acc_matched=None)
+    assert tables.improvement_table(res, column="probe_acc_matched").empty

@@ -82,6 +82,22 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
             md = write_table(imp, out, "improvement", "RevViT minus ViT probe accuracy with 95% CI")
             plots.improvement(imp, out / "improvement.png")
             sections += ["### RevViT − ViT\n", "![improvement](improvement.png)\n", md]
+        rows = tables.probe_rows(res)
+        if "probe_acc_matched" in rows and rows["probe_acc_matched"].notna().any():
+            matched = tables.improvement_table(res, column="probe_acc_matched")
+            if not matched.empty:
+                dims = pd.to_numeric(rows["matched_dim"], errors="coerce").dropna() if "matched_dim" in rows else []
+                ks = sorted({int(k) for k in dims})
+                k = f" (k = {', '.join(map(str, ks))})" if ks else ""
+                md = write_table(matched, out, "improvement_matched",
+                                 "RevViT minus ViT probe accuracy on the top-k PCA components of each backbone's "
+                                 "features, with 95% CI")
+                sections += ["### Width-matched control (top-k PCA components of each backbone's features)\n",
+                             (f"Both probes see the same number of dimensions{k}: the top PCA components of each "
+                              "backbone's frozen features, fitted on the probe's training split, so RevViT's 2C-wide "
+                              "concat features no longer give its probe twice ViT's width; a gap that remains is the "
+                              "architecture's, not the width's ([csv](improvement_matched.csv), "
+                              "[tex](improvement_matched.tex)).\n"), md]
         sanity = tables.probe_rows(res)
         if "sanity_x_acc" in sanity and sanity["sanity_x_acc"].notna().any():
             s = sanity.groupby(["arch", "corr"])[["pretrain_val_acc", "sanity_x_acc"]].mean().reset_index()

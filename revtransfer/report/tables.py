@@ -66,29 +66,36 @@ def probe_table(results: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
-def improvement_table(results: pd.DataFrame, reversible="revvit_micro", baseline="vit_micro") -> pd.DataFrame:
+def improvement_table(results: pd.DataFrame, reversible="revvit_micro", baseline="vit_micro",
+                      column: str = "probe_acc") -> pd.DataFrame:
     """RevViT - ViT probe accuracy per corr x fraction, paired by seed, with a 95% CI.
 
+    ``column``: the accuracy compared, with its bootstrap CI in ``{column}_ci_low/high`` (e.g.
+    "probe_acc_matched", the width-matched control); cells without a value in it are left out.
     With >= 2 seeds: a t interval over the paired differences. With 1 seed: the two probes'
     bootstrap CIs combined as independent (half-width sqrt(h1^2 + h2^2))."""
     rows = probe_rows(results)
-    if rows.empty:
+    if rows.empty or column not in rows:
         return pd.DataFrame()
     keys = ["corr", "fraction", "seed"]
-    cols = keys + ["probe_acc", "probe_acc_ci_low", "probe_acc_ci_high"]
+    lo, hi = f"{column}_ci_low", f"{column}_ci_high"
+    rows = rows[rows[column].notna()]
+    cols = keys + [column, lo, hi]
+    rows = rows.assign(**{c: pd.to_numeric(rows[c], errors="coerce") if c in rows else np.nan
+                          for c in (column, lo, hi)})
     a = rows[rows["arch"] == reversible][cols]
     b = rows[rows["arch"] == baseline][cols]
     paired = a.merge(b, on=keys, suffixes=("_rev", "_base"))
     out = []
     for (corr, frac), g in paired.groupby(["corr", "fraction"], sort=True):
-        d = (g["probe_acc_rev"] - g["probe_acc_base"]).to_numpy()
+        d = (g[f"{column}_rev"] - g[f"{column}_base"]).to_numpy(dtype=float)
         n = len(d)
         if n >= 2:
             half = _T975.get(n - 1, 1.96) * d.std(ddof=1) / math.sqrt(n)
             method = f"t over {n} seeds"
         else:
-            h1 = (g["probe_acc_ci_high_rev"] - g["probe_acc_ci_low_rev"]).iloc[0] / 2
-            h2 = (g["probe_acc_ci_high_base"] - g["probe_acc_ci_low_base"]).iloc[0] / 2
+            h1 = (g[f"{hi}_rev"] - g[f"{lo}_rev"]).iloc[0] / 2
+            h2 = (g[f"{hi}_base"] - g[f"{lo}_base"]).iloc[0] / 2
             half = math.sqrt(h1 ** 2 + h2 ** 2) if np.isfinite([h1, h2]).all() else float("nan")
             method = "bootstrap CIs, 1 seed"
         out.append({"corr": corr, "fraction": frac, "improvement": d.mean(), "ci_low": d.mean() - half,
