@@ -66,15 +66,19 @@ def _only_filter(items: tuple[str, ...]):
 @click.option("--max-cells", type=int, default=None, help="Stop after running this many cells.")
 @click.option("--retry-failed/--no-retry-failed", default=True, help="Re-run cells recorded as failed.")
 @click.option("--status", "show_status", is_flag=True, help="List the cells and their state; run nothing.")
+@click.option("--estimate", "estimate_from", multiple=True, metavar="THROUGHPUT_JSON",
+              help="Project the sweep's training time from measured throughput (a `pretrain --benchmark-steps`, "
+                   "`bench` or GPU-plan JSON; repeatable); run nothing.")
 @click.option("--progress/--no-progress", default=True)
 @launcher_options(array=True)
-def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, progress, **launch):
-    """Run every unfinished cell of SWEEP_FILE (a YAML path, or a preset: paper, demo).
+def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, estimate_from, progress, **launch):
+    """Run every unfinished cell of SWEEP_FILE (a YAML path, or a preset: demo, cpu, paper).
 
     \b
     revtransfer sweep demo                       # CPU, minutes: small data, same grid shape
     revtransfer sweep paper --workdir /scratch   # the study's scale, for a GPU
     revtransfer sweep my_sweep.yaml --only arch=revvit_micro --status
+    revtransfer sweep paper --estimate reports/bench/gpu/h200_gpu_plan.json   # projected hours
     revtransfer sweep paper --launcher slurm --partition gpu --gpus-per-task 1 --time 4:00:00
 
     Finished cells are skipped, so re-running a killed sweep resumes it; results go to
@@ -92,6 +96,11 @@ def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, progr
     if show_status:
         for line in status_lines(spec):
             click.echo(line)
+        return
+    if estimate_from:
+        from .estimate import estimate, format_estimate
+
+        click.echo(format_estimate(spec, estimate(spec, list(estimate_from))))
         return
     if launcher == "slurm":
         return _sweep_on_slurm(spec, sweep_file, workdir, options, wait, only, retry_failed, max_cells)

@@ -70,3 +70,38 @@ def test_equal_samples_scales_epochs_and_is_checked(tmp_path):
     assert {c.fraction: equal.pretrain_config(c).epochs for c in equal.cells()} == {1 / 3: 12, 2 / 3: 6, 1.0: 4}
     with pytest.raises(SweepError, match="equal_samples: 'yes' is not true or false"):
         SweepSpec.from_dict(d | {"equal_samples": "yes"}, tmp_path)
+
+
+def test_estimate_projects_training_time_from_measured_throughput(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from probes.estimate import cell_samples, estimate
+    from revtransfer.cli import main
+
+    spec = SweepSpec.load("paper", tmp_path)
+    samples = cell_samples(spec)
+    # 150k images, 10% held out, fractions 1/3 .. 1 of the 135k train part, 40 epochs each
+    assert samples["vit_micro-backprop-corr0.8-frac1.0000-seed0"] == ("vit_micro", 135_000 * 40)
+    assert samples["vit_micro-backprop-corr0.8-frac0.3333-seed0"] == ("vit_micro", 45_000 * 40)
+    rec = dict(mode="backprop", precision="bf16", batch_size=256, model_kwargs={}, image_size=[80, 80])
+    bench = {"records": [rec | dict(model="vit_micro", samples_per_s_rounds={"median": 10_000.0}),
+                         rec | dict(model="revvit_micro", mode="pareprop", samples_per_s_rounds={"median": 7_500.0}),
+                         rec | dict(model="revvit_micro", mode="pareprop", batch_size=64, samples_per_s=100.0)]}
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps(bench))
+    rows = {r["arch"]: r for r in estimate(spec, [path])}
+    total = sum(s for a, s in samples.values() if a == "vit_micro")
+    assert rows["vit_micro"]["hours"] == pytest.approx(total / 10_000 / 3600)
+    assert rows["revvit_micro"]["samples_per_s"] == 7_500 and rows["revvit_micro"]["same_shape"]
+    out = CliRunner().invoke(main, ["sweep", "paper", "--workdir", str(tmp_path), "--estimate", str(path)])
+    assert out.exit_code == 0 and "total:" in out.output and "warning" not in out.output
+    # measured at another shape: still a figure, with a warning; a missing arch: one clear error
+    path.write_text(json.dumps({"records": [r | {"image_size": [48, 48]} for r in bench["records"]]}))
+    out = CliRunner().invoke(main, ["sweep", "paper", "--workdir", str(tmp_path), "--estimate", str(path)])
+    assert out.exit_code == 0 and "no record at the sweep's model kwargs and image size" in out.output
+    path.write_text(json.dumps({"records": bench["records"][:1]}))
+    out = CliRunner().invoke(main, ["sweep", "paper", "--workdir", str(tmp_path), "--estimate", str(path)])
+    assert out.exit_code != 0
+    assert out.output.strip().splitlines()[-1].startswith("Error: --estimate: no throughput for revvit_micro/pareprop")

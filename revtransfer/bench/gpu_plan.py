@@ -11,7 +11,7 @@ a bare GPU image.
 Device time is scarce, a call has a hard timeout and only a few files come back from it, so:
 - everything goes to one file, ``{device}_gpu_plan.json`` (rewritten atomically after every
   measurement, so a killed call keeps what it measured); its ``records`` read as a bench JSON;
-- jobs run in order of what they decide (the checks first, then ViT, Swin, RoBERTa, MViT);
+- jobs run in order of what they decide (the checks first, then the study's micro models, ViT, Swin, RoBERTa, MViT);
 - the budget is explicit and counts from the process's start (imports and CUDA start-up
   included); no job starts that would likely overrun it, and within a job no measurement starts
   that would likely end after it (predicted from the measurements already made);
@@ -37,6 +37,9 @@ MODES = ["backprop", "reprop", "pareprop"]
 # (job name, model, batch sizes, extra kwargs), in the order they run
 PLAN = {
     "check": [("checks", None, [], {})],
+    # The CLEVR study's backbones at the paper preset's shape (80x80, patch 5, dim 256, depth 4) and
+    # batch: the measured throughput that `revtransfer sweep paper --estimate` projects GPU time from.
+    "study": [("revvit_micro_paper", "revvit_micro", [64, 256], {"model_kwargs": {"num_classes": 2}})],
     "vit": [("revvit_base", "revvit_base", [8, 16, 32, 64, 128, 256], {}),
             ("revvit_large", "revvit_large", [8, 16, 32, 64, 128], {})],
     "swin": [("revswin_tiny", "revswin_tiny", [16, 32, 64, 128, 256], {}),

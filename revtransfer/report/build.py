@@ -47,8 +47,32 @@ def _provenance_lines(df: pd.DataFrame, extra: list[str] = ()) -> str:
     return "".join(f"- {line}\n" for line in lines)
 
 
+LEARNED_X = 0.90  # pretraining validation accuracy on X below which a backbone has not learned its task
+
+
+def _claims_section(res, out: Path) -> list[str]:
+    """The thesis's claims, each reproduced / refuted / inconclusive (revtransfer.report.claims), for
+    the main probe and, where present, the width-matched control. Needs >= 2 seeds."""
+    from .claims import claim_verdicts
+
+    parts = []
+    for column, label in (("probe_acc", "main probe"), ("probe_acc_matched", "width-matched control")):
+        rows = tables.probe_rows(res)
+        if column not in rows or rows[column].isna().all() or rows["seed"].nunique() < 2:
+            continue
+        verdicts = pd.DataFrame(claim_verdicts(res, column)).assign(probe=label)
+        parts.append(verdicts[["claim", "probe", "verdict", "evidence"]])
+    if not parts:
+        return []
+    table = pd.concat(parts, ignore_index=True)
+    return ["### The thesis's claims\n",
+            "Each claim judged by the rules in `revtransfer/report/claims.py` (paired by seed, 95% t intervals "
+            "over seeds): reproduced, refuted or inconclusive.\n", write_table(table, out, "claims")]
+
+
 def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str = "revtransfer report",
-                 command: list[str] | None = None) -> Path:
+                 command: list[str] | None = None, intro: str | None = None) -> Path:
+    """``intro``: a paragraph under the title (what the report's numbers can and cannot tell)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = provenance(command)
@@ -57,6 +81,8 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
                 f"({meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs"
                 f"{', ' + meta['machine']['gpu'] if meta['machine'].get('gpu') else ''}). "
                 "Every number below is read from the files listed under each table; none is typed by hand.\n"]
+    if intro:
+        sections.append(intro.strip() + "\n")
 
     manifests = tables.load_manifests(datasets)
     if manifests:
@@ -98,11 +124,22 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
                               "concat features no longer give its probe twice ViT's width; a gap that remains is the "
                               "architecture's, not the width's ([csv](improvement_matched.csv), "
                               "[tex](improvement_matched.tex)).\n"), md]
+        sections += _claims_section(res, out)
         sanity = tables.probe_rows(res)
         if "sanity_x_acc" in sanity and sanity["sanity_x_acc"].notna().any():
-            s = sanity.groupby(["arch", "corr"])[["pretrain_val_acc", "sanity_x_acc"]].mean().reset_index()
-            sections += ["### Sanity: pretraining task\n", "Pretrain validation accuracy on X and a probe for X on "
-                         "held-out pretrain images (mean over cells).\n", write_table(s, out, "sanity_x")]
+            s = sanity.groupby(["arch", "corr"]).agg(
+                cells=("pretrain_val_acc", "size"), pretrain_val_acc=("pretrain_val_acc", "mean"),
+                pretrain_val_acc_min=("pretrain_val_acc", "min"), sanity_x_acc=("sanity_x_acc", "mean")).reset_index()
+            worst = sanity.loc[pd.to_numeric(sanity["pretrain_val_acc"]).idxmin()]
+            learned = (f"Every cell's pretraining reached {LEARNED_X:.2f} on X (lowest "
+                       f"{worst['pretrain_val_acc']:.3f}: {worst['arch']}, corr {worst['corr']:g})."
+                       if worst["pretrain_val_acc"] >= LEARNED_X else
+                       f"Not every backbone learned X: the lowest cell reached {worst['pretrain_val_acc']:.3f} "
+                       f"({worst['arch']}, corr {worst['corr']:g}) against the {LEARNED_X:.2f} a comparison needs; "
+                       "read the transfer numbers above with that in mind.")
+            sections += ["### Sanity: pretraining task\n", "Pretrain validation accuracy on X (mean and lowest over "
+                         "cells) and a probe for X on held-out pretrain images (mean over cells). " + learned + "\n",
+                         write_table(s, out, "sanity_x")]
         sections.append(_provenance_lines(tables.probe_rows(res)))
 
     det = tables.detection_table(res)
