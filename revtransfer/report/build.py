@@ -50,14 +50,14 @@ def _provenance_lines(df: pd.DataFrame, extra: list[str] = ()) -> str:
 LEARNED_X = 0.90  # pretraining validation accuracy on X below which a backbone has not learned its task
 
 
-def _claims_section(res, out: Path) -> list[str]:
+def _claims_section(res, rows, out: Path) -> list[str]:
     """The thesis's claims, each reproduced / refuted / inconclusive (revtransfer.report.claims), for
-    the main probe and, where present, the width-matched control. Needs >= 2 seeds."""
+    the main probe and, where present, the width-matched control. Needs >= 2 seeds. ``rows``: the
+    finished probe rows of ``res``."""
     from .claims import claim_verdicts
 
     parts = []
     for column, label in (("probe_acc", "main probe"), ("probe_acc_matched", "width-matched control")):
-        rows = tables.probe_rows(res)
         if column not in rows or rows[column].isna().all() or rows["seed"].nunique() < 2:
             continue
         verdicts = pd.DataFrame(claim_verdicts(res, column)).assign(probe=label)
@@ -108,7 +108,7 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
             md = write_table(imp, out, "improvement", "RevViT minus ViT probe accuracy with 95% CI")
             plots.improvement(imp, out / "improvement.png")
             sections += ["### RevViT − ViT\n", "![improvement](improvement.png)\n", md]
-        rows = tables.probe_rows(res)
+        rows = tables.probe_rows(res)  # finished probe cells, for the sections below
         if "probe_acc_matched" in rows and rows["probe_acc_matched"].notna().any():
             matched = tables.improvement_table(res, column="probe_acc_matched")
             if not matched.empty:
@@ -124,8 +124,8 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
                               "concat features no longer give its probe twice ViT's width; a gap that remains is the "
                               "architecture's, not the width's ([csv](improvement_matched.csv), "
                               "[tex](improvement_matched.tex)).\n"), md]
-        sections += _claims_section(res, out)
-        sanity = tables.probe_rows(res)
+        sections += _claims_section(res, rows, out)
+        sanity = rows
         if "sanity_x_acc" in sanity and sanity["sanity_x_acc"].notna().any():
             s = sanity.groupby(["arch", "corr"]).agg(
                 cells=("pretrain_val_acc", "size"), pretrain_val_acc=("pretrain_val_acc", "mean"),
@@ -140,7 +140,7 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
             sections += ["### Sanity: pretraining task\n", "Pretrain validation accuracy on X (mean and lowest over "
                          "cells) and a probe for X on held-out pretrain images (mean over cells). " + learned + "\n",
                          write_table(s, out, "sanity_x")]
-        sections.append(_provenance_lines(tables.probe_rows(res)))
+        sections.append(_provenance_lines(rows))
 
     det = tables.detection_table(res)
     if not det.empty:

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
-from .tables import _T975, probe_rows
+from .tables import paired_by_seed, t_interval
 
 CLAIM_CORR = 0.3
 
@@ -29,26 +28,10 @@ CLAIM_CORR = 0.3
 def paired_gains(results: pd.DataFrame, column: str = "probe_acc", reversible: str = "revvit_micro",
                  baseline: str = "vit_micro") -> pd.DataFrame:
     """corr, fraction, seed, gain (RevViT - ViT in ``column``) for every cell both archs finished."""
-    rows = probe_rows(results)
-    if rows.empty or column not in rows:
+    paired = paired_by_seed(results, column, reversible, baseline)
+    if paired.empty:
         return pd.DataFrame(columns=["corr", "fraction", "seed", "gain"])
-    rows = rows[pd.to_numeric(rows[column], errors="coerce").notna()]
-    keys = ["corr", "fraction", "seed"]
-    a = rows[rows["arch"] == reversible][keys + [column]]
-    b = rows[rows["arch"] == baseline][keys + [column]]
-    paired = a.merge(b, on=keys, suffixes=("_rev", "_base"))
-    paired["gain"] = paired[f"{column}_rev"].astype(float) - paired[f"{column}_base"].astype(float)
-    return paired[keys + ["gain"]]
-
-
-def t_interval(values) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): a 95% t interval (nan bounds with fewer than 2 values)."""
-    v = np.asarray(list(values), dtype=float)
-    n = len(v)
-    if n < 2:
-        return (float(v.mean()) if n else math.nan), math.nan, math.nan, n
-    half = _T975.get(n - 1, 1.96) * v.std(ddof=1) / math.sqrt(n)
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half), n
+    return paired.assign(gain=paired[f"{column}_rev"] - paired[f"{column}_base"])[["corr", "fraction", "seed", "gain"]]
 
 
 def _side(low: float, high: float) -> int:

@@ -66,6 +66,33 @@ def probe_table(results: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
+def paired_by_seed(results: pd.DataFrame, column: str = "probe_acc", reversible="revvit_micro",
+                   baseline="vit_micro", extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """corr, fraction, seed, ``column`` (and ``extra`` columns) of both archs side by side
+    (suffixes _rev / _base), for every cell both finished with a value in ``column``."""
+    keys = ["corr", "fraction", "seed"]
+    rows = probe_rows(results)
+    if rows.empty or column not in rows:
+        return pd.DataFrame(columns=keys)
+    rows = rows[rows[column].notna()]
+    value_cols = (column, *extra)
+    rows = rows.assign(**{c: pd.to_numeric(rows[c], errors="coerce") if c in rows else np.nan for c in value_cols})
+    cols = keys + list(value_cols)
+    a = rows[rows["arch"] == reversible][cols]
+    b = rows[rows["arch"] == baseline][cols]
+    return a.merge(b, on=keys, suffixes=("_rev", "_base"))
+
+
+def t_interval(values) -> tuple[float, float, float, int]:
+    """(mean, low, high, n): a 95% t interval of the mean (nan bounds with fewer than 2 values)."""
+    v = np.asarray(list(values), dtype=float)
+    n = len(v)
+    if n < 2:
+        return (float(v.mean()) if n else math.nan), math.nan, math.nan, n
+    half = _T975.get(n - 1, 1.96) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half), n
+
+
 def improvement_table(results: pd.DataFrame, reversible="revvit_micro", baseline="vit_micro",
                       column: str = "probe_acc") -> pd.DataFrame:
     """RevViT - ViT probe accuracy per corr x fraction, paired by seed, with a 95% CI.
@@ -74,32 +101,22 @@ def improvement_table(results: pd.DataFrame, reversible="revvit_micro", baseline
     "probe_acc_matched", the width-matched control); cells without a value in it are left out.
     With >= 2 seeds: a t interval over the paired differences. With 1 seed: the two probes'
     bootstrap CIs combined as independent (half-width sqrt(h1^2 + h2^2))."""
-    rows = probe_rows(results)
-    if rows.empty or column not in rows:
-        return pd.DataFrame()
-    keys = ["corr", "fraction", "seed"]
     lo, hi = f"{column}_ci_low", f"{column}_ci_high"
-    rows = rows[rows[column].notna()]
-    cols = keys + [column, lo, hi]
-    rows = rows.assign(**{c: pd.to_numeric(rows[c], errors="coerce") if c in rows else np.nan
-                          for c in (column, lo, hi)})
-    a = rows[rows["arch"] == reversible][cols]
-    b = rows[rows["arch"] == baseline][cols]
-    paired = a.merge(b, on=keys, suffixes=("_rev", "_base"))
+    paired = paired_by_seed(results, column, reversible, baseline, extra=(lo, hi))
+    if paired.empty:
+        return pd.DataFrame()
     out = []
     for (corr, frac), g in paired.groupby(["corr", "fraction"], sort=True):
         d = (g[f"{column}_rev"] - g[f"{column}_base"]).to_numpy(dtype=float)
-        n = len(d)
-        if n >= 2:
-            half = _T975.get(n - 1, 1.96) * d.std(ddof=1) / math.sqrt(n)
-            method = f"t over {n} seeds"
-        else:
+        mean, low, high, n = t_interval(d)
+        method = f"t over {n} seeds"
+        if n < 2:
             h1 = (g[f"{hi}_rev"] - g[f"{lo}_rev"]).iloc[0] / 2
             h2 = (g[f"{hi}_base"] - g[f"{lo}_base"]).iloc[0] / 2
             half = math.sqrt(h1 ** 2 + h2 ** 2) if np.isfinite([h1, h2]).all() else float("nan")
-            method = "bootstrap CIs, 1 seed"
-        out.append({"corr": corr, "fraction": frac, "improvement": d.mean(), "ci_low": d.mean() - half,
-                    "ci_high": d.mean() + half, "n": n, "ci_method": method})
+            low, high, method = mean - half, mean + half, "bootstrap CIs, 1 seed"
+        out.append({"corr": corr, "fraction": frac, "improvement": mean, "ci_low": low, "ci_high": high, "n": n,
+                    "ci_method": method})
     return pd.DataFrame(out)
 
 
