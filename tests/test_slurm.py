@@ -169,8 +169,9 @@ def test_ddp_pretrain_with_two_tasks_equals_a_local_two_process_run(cluster, tmp
         assert (a["model"][k] - v).abs().max().item() < 1e-10, k
 
 
-# A run long enough (~0.2 s per epoch on 2 cores, 6 s in all) to be stopped mid-run: after its first
-# checkpoint, a status call and the cluster's KillWait (1 s) pass before the process is killed.
+# A run of ~0.15-0.2 s per epoch on 2 cores. Whatever the machine's speed, the cancel test freezes it
+# (scontrol suspend) as soon as its first checkpoint appears; after scancel it runs at most the
+# cluster's KillWait (1 s, ~7 epochs) more, so it is stopped mid-run.
 SLOW = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 EPOCHS = 30
 
@@ -182,9 +183,12 @@ def test_a_cancelled_cell_is_recorded_and_resumed_by_the_next_sweep(cluster, tmp
     assert "1 cells submitted" in out and "follow: squeue -j" in out and "--status" in out
     run = next((tmp_path / "out" / "runs").iterdir())
     job = _job_id(run)
-    _wait_until(lambda: (run / "checkpoint_last.pt").exists(), 120, "the first checkpoint")
+    _wait_until(lambda: (run / "checkpoint_last.pt").exists(), 120, "the first checkpoint", step=0.02)
+    # Freeze it (SIGSTOP through slurmd): a fast machine would otherwise finish all epochs before the
+    # status call and the cancel below are through.
+    subprocess.run(["scontrol", "suspend", job], check=True, timeout=30)
     status = _cli("sweep", path, "--workdir", tmp_path, "--status")
-    assert f"running  {run.name}  slurm {job} RUNNING  log: " in status, status
+    assert f"running  {run.name}  slurm {job} SUSPENDED  log: " in status, status
     subprocess.run(["scancel", job], check=True, timeout=30)
     _wait_until(lambda: _job_over(job), 60, "the cancelled job to end", step=0.3)
     # SLURM reports CANCELLED at once; the process goes a few seconds later (KillWait) and, while
@@ -193,7 +197,8 @@ def test_a_cancelled_cell_is_recorded_and_resumed_by_the_next_sweep(cluster, tmp
 
     _wait_until(lambda: not cell_lock_held(run), 60, "the cancelled job's process to exit", step=0.3)
     before = (run / "metrics.jsonl").read_text().splitlines()
-    assert 1 <= len(before) < EPOCHS, "the cell was not cancelled mid-run"
+    print(f"cancelled after {len(before)} of {EPOCHS} epochs")
+    assert 1 <= len(before) < EPOCHS, f"the cell was not cancelled mid-run ({len(before)} of {EPOCHS} epochs done)"
 
     status = _cli("sweep", path, "--workdir", tmp_path, "--status")
     assert f"failed   {run.name}  slurm {job} CANCELLED" in status, status
