@@ -227,7 +227,7 @@ def test_a_preempted_job_requeues_itself_and_resumes(cluster, tmp_path):
                "--launcher", "slurm", "--cpus-per-task", 1, "--time", 30)  # 30: submitit calls < 10 min a time-out
     assert "follow: squeue -j" in res
     job = _job_id(out)
-    _wait_until(lambda: (out / "checkpoint_last.pt").exists(), 120, "the first checkpoint")
+    _wait_until(lambda: (out / "checkpoint_last.pt").exists(), 120, "the first checkpoint", step=0.02)
     # What SLURM does on preemption or near the time limit (submitit's own test helper does the same).
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     from revtransfer.launch.slurm import job_states
