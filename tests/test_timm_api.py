@@ -85,6 +85,17 @@ def test_revvit_features_only():
     assert [tuple(f.shape) for f in feats] == [(1, 32, 4, 4)] * 2 and net.feature_info.channels() == [32, 32]
 
 
+def test_vit_micro_features_only_matches_revvit_micro():
+    """The baseline answers features_only as the RevViT family and timm's own ViTs do."""
+    kw = {k: v for k, v in VIT.items() if k != "num_classes"}
+    feats = {}
+    for name in ("vit_micro", "revvit_micro"):
+        net = timm.create_model(name, features_only=True, out_indices=(1, 3), **kw).eval()
+        feats[name] = [tuple(f.shape) for f in net(torch.randn(1, 3, 16, 16))]
+        assert net.feature_info.reduction() == [4, 4]
+    assert feats["vit_micro"] == [(1, 16, 4, 4)] * 2 and feats["revvit_micro"] == [(1, 32, 4, 4)] * 2
+
+
 @pytest.mark.parametrize("name, kw, n_groups", [
     ("revvit_micro", VIT, 1 + 4),                # stem, 4 blocks (the final norm joins the last, as in timm)
     ("revswin_tiny", SWIN, 1 + (2 + 1 + 1 + 1 + 2)),  # stem, then blocks and transitions in order

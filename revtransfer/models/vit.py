@@ -22,5 +22,7 @@ def vit_micro(pretrained=False, **kwargs) -> VisionTransformer:
     """ViT-Micro: 80x80 input, patch 5, depth 4, 8 heads, dim 256, mlp ratio 4, mean-pooled."""
     args = dict(img_size=80, patch_size=5, embed_dim=256, depth=4, num_heads=8, mlp_ratio=4.0,
                 class_token=False, global_pool="avg", fc_norm=False)
-    return build_model_with_cfg(VisionTransformer, "vit_micro", pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **dict(args, **kwargs))
+    kwargs = dict(args, **kwargs)
+    out_indices = kwargs.pop("out_indices", 3)  # features_only: the last 3 blocks, as timm's own ViTs
+    return build_model_with_cfg(VisionTransformer, "vit_micro", pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
