@@ -127,3 +127,27 @@ def test_no_matched_section_without_the_matched_column(tmp_path):
     (tmp_path / "off").mkdir()
     res = pd.read_parquet(_results(tmp_path / "off") / "results.parquet").assign(probe_acc_matched=None)
     assert tables.improvement_table(res, column="probe_acc_matched").empty
+
+
+def test_claims_are_also_judged_without_cells_below_the_sanity_bar(tmp_path):
+    d = _results(tmp_path)
+    res = pd.read_parquet(d / "results.parquet")
+    ok = res["probe_acc"].notna()
+    res.loc[ok, "pretrain_val_acc"] = 0.93
+    res.loc[ok, "sanity_x_acc"] = 0.92
+    short = ok & (res["arch"] == "vit_micro") & (res["corr"] == 0.3) & (res["fraction"] == 1.0) & (res["seed"] == 1)
+    res.loc[short, "pretrain_val_acc"] = 0.898
+    res.to_parquet(d / "results.parquet")
+    out = tmp_path / "reports"
+    r = CliRunner().invoke(main, ["report", "--results", str(d), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    claims = pd.read_csv(out / "claims.csv")
+    only = claims[claims["probe"] == "main probe, cells >= 0.90 on X only"]
+    assert len(only) == 3 and only["evidence"].str.contains(r"\(n=2 seeds\)").any()
+    index = (out / "README.md").read_text()
+    assert "1 cell(s) stayed below 0.90 on X" in index and "1 of 24 cells stayed below the 0.90" in index
+    # with every cell above the bar there is no such variant
+    res.loc[short, "pretrain_val_acc"] = 0.91
+    res.to_parquet(d / "results.parquet")
+    r = CliRunner().invoke(main, ["report", "--results", str(d), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 0 and "only" not in " ".join(pd.read_csv(tmp_path / "r2" / "claims.csv")["probe"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from revtransfer.report.claims import claim_verdicts, paired_gains, t_interval
+from revtransfer.report.claims import claim_verdicts, learned_only, paired_gains, t_interval
 
 CORRS, FRACS, SEEDS = (0.8, 0.3, -0.02), (0.5, 1.0), (0, 1, 2)
 
@@ -49,3 +49,20 @@ def test_one_seed_is_not_testable_and_intervals_are_t():
     assert n == 3 and abs(mean - 0.1) < 1e-12 and abs((hi - mean) - 4.303 * 0.1 / 3 ** 0.5) < 1e-9
     g = paired_gains(_results(lambda c, f, s: 0.01 * s))
     assert len(g) == len(CORRS) * len(FRACS) * len(SEEDS) and abs(g["gain"].max() - 0.02) < 1e-12
+
+
+def test_learned_only_drops_the_pair_of_a_backbone_below_the_bar():
+    # seed 2's RevViT at corr 0.3, fraction 0.5 never learned X and probes far worse: with it, the
+    # pooled gain is dragged down; without it, that pair and seed 2 leave the pooled claims.
+    res = _results(lambda c, f, s: -0.30 if (c, f, s) == (0.3, 0.5, 2) else 0.02 + 0.002 * s)
+    bad = (res["arch"] == "revvit_micro") & (res["corr"] == 0.3) & (res["fraction"] == 0.5) & (res["seed"] == 2)
+    res["pretrain_val_acc"] = 0.93
+    res.loc[bad, "pretrain_val_acc"] = 0.71
+    kept = learned_only(res, 0.90)
+    assert len(kept) == len(res) - 1 and not bad[kept.index].any()
+    assert len(paired_gains(kept)) == len(paired_gains(res)) - 1
+    a = claim_verdicts(kept)[0]
+    assert a["verdict"] == "reproduced" and "(n=2 seeds)" in a["evidence"]
+    assert claim_verdicts(res)[0]["verdict"] != "reproduced"
+    # rows without the column, or with it missing, are kept
+    assert len(learned_only(res.drop(columns="pretrain_val_acc"), 0.90)) == len(res)

@@ -34,6 +34,16 @@ def paired_gains(results: pd.DataFrame, column: str = "probe_acc", reversible: s
     return paired.assign(gain=paired[f"{column}_rev"] - paired[f"{column}_base"])[["corr", "fraction", "seed", "gain"]]
 
 
+def learned_only(results: pd.DataFrame, min_x_acc: float) -> pd.DataFrame:
+    """``results`` without the rows whose pretraining stayed below ``min_x_acc`` on X, so a pair with
+    one such backbone drops out of the pairing (and its seed out of the pooled claims). A robustness
+    check for a sweep where a cell fell short of the sanity bar, not a replacement for the main rows."""
+    if "pretrain_val_acc" not in results:
+        return results
+    acc = pd.to_numeric(results["pretrain_val_acc"], errors="coerce")
+    return results[~(acc < min_x_acc)]
+
+
 def _side(low: float, high: float) -> int:
     """+1: the interval lies above 0, -1: below, 0: it contains 0 (or is undefined)."""
     if not (math.isfinite(low) and math.isfinite(high)):
