@@ -14,7 +14,8 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-@click.command("gen", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("gen", context_settings={"help_option_names": ["-h", "--help"]},
+               short_help="Generate a CLEVR-style dataset with exact P(X), P(Y), Corr(X, Y).")
 @click.option("--preset", type=click.Choice(list(_presets.PRESETS)), default=None,
               help="A dataset of the study's table (see --list-presets); --n scales it down.")
 @click.option("--list-presets", is_flag=True, help="List the presets and exit.")

@@ -1,18 +1,31 @@
 """detectron2 plugin: frozen-backbone ViTDet with our ViT and RevViT (``revtransfer detect``).
 
-Importing it registers :class:`TimmViT` (single-scale: ViT, RevViT) and :class:`TimmHierarchical`
-(multi-scale, under an FPN: RevSwin, RevMViT) in detectron2's ``BACKBONE_REGISTRY``; the LazyConfigs
-live in ``detection/configs/``.
+:class:`TimmViT` (single-scale: ViT, RevViT) and :class:`TimmHierarchical` (multi-scale, under an
+FPN: RevSwin, RevMViT) register in detectron2's ``BACKBONE_REGISTRY`` when ``detection.backbone`` is
+imported (using either name from here imports it); the LazyConfigs live in ``detection/configs/``.
+Names load on first use, so the ``revtransfer detect`` command group starts without detectron2.
 """
-from .backbone import TimmHierarchical, TimmViT, add_timm_hierarchical_config, add_timm_vit_config
-from .checkpoint import BackboneCheckpointError, load_backbone_checkpoint
-from .config import CONFIG_DIR, ConfigError, build_config, config_names, prepare, resolve_config
-from .data import DatasetError, NpyDatasetMapper, register_coco_by_path
-from .evaluation import FastCOCOEvaluator, evaluate_coco
+from __future__ import annotations
 
-__all__ = [
-    "CONFIG_DIR", "BackboneCheckpointError", "ConfigError", "DatasetError", "FastCOCOEvaluator",
-    "NpyDatasetMapper", "TimmHierarchical", "TimmViT", "add_timm_hierarchical_config", "add_timm_vit_config",
-    "build_config", "config_names", "evaluate_coco",
-    "load_backbone_checkpoint", "prepare", "register_coco_by_path", "resolve_config",
-]
+_EXPORTS = {
+    "TimmHierarchical": "backbone", "TimmViT": "backbone", "add_timm_hierarchical_config": "backbone",
+    "add_timm_vit_config": "backbone",
+    "BackboneCheckpointError": "checkpoint", "load_backbone_checkpoint": "checkpoint",
+    "CONFIG_DIR": "config", "build_config": "config", "config_names": "config", "prepare": "config",
+    "resolve_config": "config",
+    "ConfigError": "errors",
+    "NpyDatasetMapper": "data", "register_coco_by_path": "data",
+    "FastCOCOEvaluator": "evaluation", "evaluate_coco": "evaluation",
+    "DatasetError": "revtransfer.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        where = _EXPORTS[name]
+        module = importlib.import_module(where if "." in where else f"detection.{where}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'detection' has no attribute {name!r}")

@@ -40,7 +40,7 @@ def _common(f):
 def _run_args(kw: dict, **extra):
     from pathlib import Path
 
-    from .launcher import RunArgs
+    from .train_net import RunArgs
 
     d = kw.pop("dataset_dir", None)
     if d:
@@ -53,7 +53,8 @@ def _run_args(kw: dict, **extra):
     return RunArgs(**kw, **extra)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             short_help="Frozen-backbone ViTDet (Mask R-CNN) with detectron2.")
 def detect():
     """Frozen-backbone detection (detectron2): ViT and RevViT under ViTDet's simple pyramid,
     hierarchical models (RevSwin, RevMViT) under an FPN.
@@ -88,7 +89,7 @@ def train(**kw):
             raise click.UsageError(f"{', '.join(local)} apply to --launcher local; with --launcher slurm give "
                                    f"--nodes and --gpus-per-node (SLURM decides ranks and addresses)")
         return _train_on_slurm(_run_args(kw), slurm, nodes or 1, 1 if gpus_per_node is None else gpus_per_node, wait)
-    from .launcher import main
+    from .train_net import main
 
     _print(main(_run_args(kw)))
 
@@ -99,7 +100,7 @@ def train(**kw):
               help="A detector checkpoint from a training run (e.g. OUTPUT/model_final.pth).")
 def eval_(weights, **kw):
     """Evaluate a trained detector (box and mask AP) on the evaluation set."""
-    from .launcher import main
+    from .train_net import main
 
     _print(main(_run_args(kw, eval_only=True, weights=weights)))
 
@@ -130,7 +131,9 @@ def _train_on_slurm(args, options, nodes, gpus_per_node, wait):
     from pathlib import Path
 
     from revtransfer.launch import LaunchError
-    from revtransfer.launch.runs import how_to_follow, submit_detect, wait_run
+    from revtransfer.launch.runs import how_to_follow, wait_run
+
+    from .jobs import submit_detect
 
     try:
         record = submit_detect(args, options, nodes=nodes, gpus_per_node=gpus_per_node)

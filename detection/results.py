@@ -1,4 +1,4 @@
-"""Detection rows for the shared results table (``probes.results.ResultsTable``: results.parquet +
+"""Detection rows for the shared results table (``revtransfer.results.ResultsTable``: results.parquet +
 results.csv, locked, atomic upserts), in the columns probes and ``revtransfer report`` use.
 
 A row's key is ``(sweep="detection", cell_id)``, the cell id naming the run directory, the mode and
@@ -42,7 +42,7 @@ def detection_row(info: dict, metrics: dict) -> dict:
 
 
 def append_detection_row(table_dir: str | os.PathLike, info: dict, metrics: dict) -> dict:
-    from probes.results import ResultsTable
+    from revtransfer.results import ResultsTable
 
     row = detection_row(info, metrics)
     ResultsTable(table_dir).upsert([row])

@@ -14,7 +14,8 @@ def _setup_logging():
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True},
+               short_help="Linear probe on frozen features of a pretrained backbone.")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("transfer_dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last")
@@ -58,7 +59,8 @@ def _only_filter(items: tuple[str, ...]):
                             abs(getattr(cell, k) - v) < 1e-6 for k, v in conds)
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True},
+               short_help="Run a resumable pretrain -> probe sweep from a YAML file.")
 @click.argument("sweep_file")
 @click.option("--workdir", type=click.Path(file_okay=False), default=".",
               help="Relative paths in the sweep file are resolved against this directory.")
@@ -86,7 +88,7 @@ def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, estim
     pending cell is a task of one SLURM job array (resources: these options, then the sweep file's
     launcher: section); --status shows each cell's job.
     """
-    from revtransfer.launch.sweep import status_lines
+    from .slurm import status_lines
 
     from .sweep import SweepSpec, run_sweep
 
@@ -118,7 +120,7 @@ def _report(spec, report):
 
 def _sweep_on_slurm(spec, sweep_file, workdir, options, wait, only, retry_failed, max_cells):
     from revtransfer.launch import LaunchError
-    from revtransfer.launch.sweep import submit_sweep, wait_sweep
+    from .slurm import submit_sweep, wait_sweep
 
     try:
         sub = submit_sweep(spec, options, only=_only_filter(only), retry_failed=retry_failed, max_cells=max_cells)

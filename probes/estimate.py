@@ -13,8 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from revtransfer.data.splits import subset_fraction
-from revtransfer.train.data import holdout_split
+from revtransfer.data import holdout_split, subset_fraction
 
 from .sweep import SweepError, SweepSpec
 

@@ -12,8 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from revtransfer.atomic import atomic_write
-from revtransfer.data import ClevrArrays
-from revtransfer.train.data import BatchLoader, Normalize
+from revtransfer.data import BatchLoader, ClevrArrays, Normalize
 
 
 @torch.inference_mode()

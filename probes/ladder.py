@@ -83,9 +83,7 @@ def run_ladder(spec: LadderSpec, workdir: Path, out: Path, progress: bool = True
     ``ladder.csv``, ``ladder.md``, ``ladder.png`` and ``provenance.json`` into ``out``."""
     from clevr_gen import DatasetSpec, generate
     from clevr_gen.presets import preset
-    from revtransfer.train import PretrainConfig, pretrain
-    from revtransfer.train.checkpoint import LAST
-    from revtransfer.train.pretrain import read_summary
+    from revtransfer.train import LAST, PretrainConfig, pretrain, read_summary
 
     for rung in spec.rungs:
         data = workdir / "data" / spec.data_name(rung.size)
@@ -195,7 +193,8 @@ def _plot(table, path: Path) -> None:
 import click  # noqa: E402
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True},
+               short_help="Pretraining accuracy on X vs samples and time per model size (protocol choice).")
 @click.option("--out", default="reports/ladder", help="Where the table and plots go.")
 @click.option("--workdir", default="runs/ladder", help="Datasets and run dirs (resumable).")
 @click.option("--rung", "rungs", multiple=True, default=("32:64:4", "32:128:4", "48:128:4"),

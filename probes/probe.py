@@ -11,11 +11,10 @@ from typing import Sequence
 import torch
 
 from revtransfer.atomic import atomic_write_json
-from revtransfer.train.checkpoint import BEST, LAST, CheckpointError, load_checkpoint
-from revtransfer.train.config import PretrainConfig
-from revtransfer.data import open_dataset
-from revtransfer.train.data import Normalize, holdout_split
-from revtransfer.train.pretrain import build_model, norm_stats, resolve_device
+from revtransfer.data import Normalize, holdout_split, open_dataset
+from revtransfer.device import resolve_device
+from revtransfer.models import build_model, norm_stats
+from revtransfer.train import BEST, LAST, CheckpointError, PretrainConfig, load_checkpoint
 
 from .features import cached_features, file_digest
 from .linear import DEFAULT_CS, DEFAULT_SPLIT, ProbeResult, fit_linear_probe
@@ -79,7 +78,7 @@ def load_backbone(run_dir: str | Path, which: str = "last", device: str = "auto"
     cfg = PretrainConfig.from_dict(state["config"])
     dev = resolve_device(device)
     image_size = tuple(state["image_size"]) if "image_size" in state else _dataset_image_size(cfg)
-    model = build_model(cfg, image_size)
+    model = build_model(cfg.arch, cfg.model_kwargs, backprop=cfg.backprop, image_size=image_size)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -56,7 +56,7 @@ from revtransfer.data import open_dataset
 
 from .presets import resolve_sweep_file
 from .probe import ProbeSettings, run_probes
-from .results import ResultsTable
+from revtransfer.results import ResultsTable
 
 log = logging.getLogger(__name__)
 _RECIPE_FORBIDDEN = {"dataset", "out", "arch", "fraction", "seed", "backprop", "model_kwargs"}
@@ -288,7 +288,7 @@ CellRunner = Callable[["SweepSpec", Cell, bool], dict]
 
 def run_cell(spec: SweepSpec, cell: Cell, progress: bool = True) -> dict:
     """Pretrain (resuming if a checkpoint exists) and probe one cell; the row's measurements."""
-    from revtransfer.train.pretrain import pretrain
+    from revtransfer.train import pretrain
 
     t0 = time.perf_counter()
     cfg = spec.pretrain_config(cell)

@@ -17,6 +17,11 @@ class UserError(Exception):
     """Mixed into an error class whose message tells the user what to change."""
 
 
+class DatasetError(UserError, ValueError):
+    """A dataset that cannot be used as given (a clevr_gen dir, a COCO json, an images.npy); the
+    message names the directory or file and what is wrong. The one dataset error of every package."""
+
+
 def is_expected(err: BaseException) -> bool:
     import yaml  # torch-free and already imported by every command that reads YAML
 

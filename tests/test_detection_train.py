@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from detection import TimmViT, build_config, prepare
 from detection.cli import detect
-from detection.launcher import build_model
+from detection.train_net import build_model
 from detection.synthetic import make_shapes_coco
 
 FAST = ["dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=0",

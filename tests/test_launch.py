@@ -10,11 +10,11 @@ import yaml
 from click.testing import CliRunner
 
 from study_fixtures import write_dataset
-from probes.results import ResultsTable
+from revtransfer.results import ResultsTable
 from probes.sweep import SweepError, SweepSpec, record_failure
 from revtransfer.launch import LaunchError
 from revtransfer.launch import slurm as S
-from revtransfer.launch import sweep as LS
+from probes import slurm as LS
 from revtransfer.launch.slurm import JobRecord, SlurmOptions, parse_mem, parse_time
 
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}
@@ -169,20 +169,20 @@ def test_a_queued_cell_is_not_submitted_twice_and_a_running_one_shows_its_log(tm
     monkeypatch.setattr(LS, "submit", lambda ex, fns: submitted.extend(fns) or
                         [SimpleNamespace(job_id="90", paths=SimpleNamespace(folder=tmp_path), num_tasks=1)])
     sub = LS.submit_sweep(spec, SlurmOptions())
-    assert sub.busy == [cell.cell_id] and [f.cell_id for f in submitted] == [spec.cells()[1].cell_id]
+    assert sub.busy == [cell.cell_id] and [f.args[1] for f in submitted] == [spec.cells()[1].cell_id]
     assert ResultsTable(spec.out).read().empty  # a queued job is no failure
 
 
 def test_the_cell_job_runs_one_cell_with_the_local_code(tmp_path):
     import cloudpickle
 
-    from revtransfer.launch.jobs import SweepCellJob
+    from revtransfer.launch.jobs import EntryPointJob
 
     write_dataset(tmp_path / "pt8", n=96, size=16, seed=0)
     write_dataset(tmp_path / "tf", n=120, size=16, seed=2, transfer=True)
     spec = SweepSpec.from_dict(_spec_dict(), tmp_path)
     cell = spec.cells()[1]
-    job = cloudpickle.loads(cloudpickle.dumps(SweepCellJob(spec, cell.cell_id)))  # as submitit ships it
+    job = cloudpickle.loads(cloudpickle.dumps(EntryPointJob("probes.jobs:sweep_cell_task", spec, cell.cell_id)))  # as submitit ships it
     assert job() == {"cell_id": cell.cell_id, "ran": True, "busy": False, "skipped": False, "error": None}
     table = ResultsTable(spec.out).read()
     assert list(table["cell_id"]) == [cell.cell_id] and table.iloc[0]["status"] == "ok"
@@ -191,8 +191,8 @@ def test_the_cell_job_runs_one_cell_with_the_local_code(tmp_path):
 
 
 def test_detection_ranks_and_address_come_from_slurm():
-    from detection.launcher import RunArgs
-    from revtransfer.launch.jobs import detection_args_for_task
+    from detection.jobs import detection_args_for_task
+    from detection.train_net import RunArgs
 
     args = RunArgs(config="c", output_dir="/o", num_gpus=1)
     env = SimpleNamespace(num_nodes=2, node=1, hostnames=["n7", "n8"], job_id="4242")
@@ -207,7 +207,7 @@ def test_detection_ranks_and_address_come_from_slurm():
 
 
 def test_pretrain_refuses_to_queue_over_a_finished_run_without_resume(tmp_path, monkeypatch):
-    from revtransfer.launch.runs import _check_pretrain_resume
+    from revtransfer.train.jobs import check_resume as _check_pretrain_resume
     from revtransfer.train import PretrainConfig, pretrain
 
     data = write_dataset(tmp_path / "d", n=60, size=16)

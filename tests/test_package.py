@@ -41,12 +41,3 @@ def test_package_level_factory():
     assert _run("import revtransfer; print(revtransfer.create_model('vit_micro').num_features)") == "256"
     with pytest.raises(subprocess.CalledProcessError):
         _run("import revtransfer; revtransfer.no_such_thing")
-
-
-def test_every_subcommand_resolves_to_a_click_command():
-    import click
-
-    from revtransfer.cli import SUBCOMMANDS, main
-
-    for name in SUBCOMMANDS:
-        assert isinstance(main.get_command(None, name), click.Command), name

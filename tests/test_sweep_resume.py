@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from study_fixtures import write_dataset
-from probes.results import ResultsTable
+from revtransfer.results import ResultsTable
 from probes.sweep import SweepError, SweepSpec, run_sweep
 from revtransfer.atomic import atomic_write_text
 

@@ -10,7 +10,7 @@ import yaml
 
 from study_fixtures import TINY_VIT, write_dataset
 from revtransfer.train import CheckpointError, PretrainConfig, load_checkpoint, pretrain
-from revtransfer.train.data import BatchLoader, subset_fraction, holdout_split
+from revtransfer.data import BatchLoader, holdout_split, subset_fraction
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class DatasetError(ValueError):
-    """A dataset directory that cannot be used; the message names the directory or file."""
+from revtransfer.errors import DatasetError
 
 
 class DatasetIncompleteError(DatasetError):

@@ -5,6 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
+from revtransfer.errors import DatasetError
+
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -42,3 +44,12 @@ def subset_fraction(indices: Sequence[int] | np.ndarray, fraction: float, seed: 
     k = max(1, round(fraction * len(idx))) if len(idx) else 0
     perm = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(len(idx))
     return np.sort(idx[perm[:k]])
+
+
+def holdout_split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) sorted index arrays of ``range(n)``; the same for every training seed and
+    fraction (:func:`split_indices` with an empty test part)."""
+    parts = split_indices(n, (1 - val_frac, val_frac, 0.0), seed)
+    if not len(parts["val"]) or not len(parts["train"]):
+        raise DatasetError(f"val_frac={val_frac} of {n} images leaves an empty train or held-out part")
+    return parts["train"], parts["val"]

@@ -1,31 +1,9 @@
-"""Our model families, registered in timm's registry on import."""
+"""Our model families, registered in timm's registry on import, and building a model for a task."""
 from __future__ import annotations
 
-import timm
-from torch import nn
-
 from . import revmvit, revroberta, revswin, revvit, vit  # noqa: F401  (registers the models)
+from .build import build_model, norm_stats
+from .registry import OUR_MODELS, create_model, is_reversible, list_models
 from .revvit import RevViT
 
-OUR_MODELS = ("vit_micro", "revvit_micro", "revvit_small", "revvit_base", "revvit_large",
-              "revswin_tiny", "revswin_small", "revswin_base", "revmvit_tiny", "revmvit_base",
-              "revroberta_base", "revroberta_large")
-
-
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Same as ``timm.create_model`` (our models are registered there), with a clearer error."""
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}; ours are: {', '.join(list_models())} "
-                         "(any timm model name works too)")
-    return timm.create_model(name, **kwargs)
-
-
-def list_models() -> list[str]:
-    return [m for m in OUR_MODELS if timm.is_model(m)]
-
-
-def is_reversible(model: nn.Module) -> bool:
-    return hasattr(model, "set_backprop")
-
-
-__all__ = ["RevViT", "create_model", "is_reversible", "list_models"]
+__all__ = ["OUR_MODELS", "RevViT", "build_model", "create_model", "is_reversible", "list_models", "norm_stats"]

@@ -130,7 +130,9 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
 def _pretrain_on_slurm(cfg, options, nodes, tasks_per_node, resume, wait):
     """DDP through submitit: one task per GPU; the run dir is a local run's."""
     from revtransfer.launch import LaunchError
-    from revtransfer.launch.runs import how_to_follow, submit_pretrain, wait_run
+    from revtransfer.launch.runs import how_to_follow, wait_run
+
+    from .jobs import submit_pretrain
 
     try:
         record = submit_pretrain(cfg, options, nodes=nodes, tasks_per_node=tasks_per_node, resume=resume)

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from revtransfer.models import create_model, is_reversible
+from revtransfer.device import resolve_device as _resolve_device
+from revtransfer.models import build_model as _build_model, is_reversible, norm_stats
 from revtransfer.models.weights import load_weights
 
 from . import distributed as D
@@ -28,7 +29,7 @@ from revtransfer.atomic import atomic_write_json, atomic_write_yaml
 from .checkpoint import BEST, LAST, CheckpointError, capture_rng_state, load_training_checkpoint, \
     restore_rng_state, save_checkpoint
 from .config import PretrainConfig
-from .data import BatchLoader, ClevrArrays, Normalize, subset_fraction, holdout_split, open_dataset
+from revtransfer.data import BatchLoader, ClevrArrays, Normalize, holdout_split, open_dataset, subset_fraction
 from .metrics import MetricsLog, peak_memory_mb, reset_peak_memory
 from revtransfer.provenance import provenance
 from .step import TrainStep, autocast_for, make_optimizer, make_scheduler
@@ -56,36 +57,19 @@ class PretrainResult:
 
 
 def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={name!r} was asked for but CUDA is not available")
-        if name == "cuda":
-            return torch.device("cuda", info.local_rank if info else torch.cuda.current_device())
-    return torch.device(name)
+    """The device of this process (with DDP: its local rank's GPU)."""
+    return _resolve_device(name, info.local_rank if info else None)
 
 
 def build_model(cfg: PretrainConfig, image_size: tuple[int, int] | None = None, num_classes: int = 2) -> nn.Module:
-    """The configured architecture with a ``num_classes`` head; its input size follows the data
-    unless ``model_kwargs`` fixes ``img_size``."""
-    kwargs = dict(cfg.model_kwargs)
-    if image_size is not None and "img_size" not in kwargs:
-        kwargs["img_size"] = image_size if image_size[0] != image_size[1] else image_size[0]
-    model = create_model(cfg.arch, num_classes=num_classes, **kwargs)
-    if is_reversible(model):
-        model.set_backprop(cfg.backprop)
-    return model
+    """The configured architecture with a ``num_classes`` head (:func:`revtransfer.models.build_model`)."""
+    return _build_model(cfg.arch, cfg.model_kwargs, backprop=cfg.backprop, image_size=image_size,
+                        num_classes=num_classes)
 
 
 def effective_backprop(cfg: PretrainConfig, model: nn.Module) -> str:
     """The backward actually run: plain autograd for non-reversible models."""
     return cfg.backprop if is_reversible(model) else "backprop"
-
-
-def norm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", (0.5, 0.5, 0.5))), tuple(cfg.get("std", (0.5, 0.5, 0.5)))
 
 
 def _seed_for(*parts: int) -> int:

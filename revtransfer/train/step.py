@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Normalize
+from revtransfer.data import Normalize
 
 
 def autocast_for(precision: str, device: torch.device):

@@ -31,9 +31,11 @@ from revtransfer.reversible import BACKPROP_MODES
 
 from revtransfer.atomic import atomic_write_json
 from .config import PretrainConfig
-from .data import BatchLoader, Normalize, subset_fraction, holdout_split, open_dataset
+from revtransfer.data import BatchLoader, Normalize, holdout_split, open_dataset, subset_fraction
 from .metrics import peak_memory_mb, reset_peak_memory
-from .pretrain import DTYPES, build_model, norm_stats, resolve_device
+from revtransfer.models import norm_stats
+
+from .pretrain import DTYPES, build_model, resolve_device
 from .step import TrainStep, make_optimizer, make_scheduler
 
 

@@ -39,7 +39,7 @@ def _step(title: str):
 
 
 def run_demo(workdir: Path, reports: Path, progress: bool = True, detection: bool = True) -> Path:
-    from probes.sweep import SweepSpec, run_sweep
+    from .sweep import SweepSpec, run_sweep
 
     workdir.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -76,8 +76,8 @@ def _detection(spec, progress: bool) -> None:
     """Each arch's demo backbone (pretrained at corr 0.8 on the full pretrain set), frozen under a
     tiny ViTDet trained on a clevr_gen COCO set; one results row each."""
     from clevr_gen import DatasetSpec, generate
-    from detection.launcher import RunArgs, main as detect_main
-    from probes.results import ResultsTable
+    from detection.train_net import RunArgs, main as detect_main
+    from revtransfer.results import ResultsTable
 
     data = spec.transfer.path.parent / "detect-coco"
     generate(DatasetSpec(n=DETECT_IMAGES, p_x=0.5, p_y=0.5, corr=0.0, width=80, height=80, coco=True, seed=11),
@@ -119,7 +119,7 @@ def _bench(out: Path) -> None:
 def _summary(spec, index: Path, timings: dict, sweep) -> None:
     from revtransfer.report.build import LEARNED_X
     from revtransfer.report.tables import improvement_table, probe_table
-    from probes.results import ResultsTable
+    from revtransfer.results import ResultsTable
 
     res = ResultsTable(spec.out).read()
     click.secho("\n==> done", fg="green", bold=True, err=True)
@@ -146,7 +146,7 @@ def _summary(spec, index: Path, timings: dict, sweep) -> None:
     click.echo(f"\nreport: {index}")
 
 
-@click.command()
+@click.command(short_help="The whole study in miniature on a CPU (what `make demo` runs).")
 @click.option("--workdir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Where data/demo and runs/demo go.")
 @click.option("--out", default="reports/demo", show_default=True, type=click.Path(file_okay=False),

@@ -1,7 +1,7 @@
 """Sweep cells as a SLURM job array: ``revtransfer sweep FILE --launcher slurm [--wait]``.
 
-Each pending cell becomes one task of a job array (``SweepCellJob``: ``run_sweep`` restricted to
-that cell, so the cell's lock, resume and failure row are the local ones). The job's id goes to the
+Each pending cell becomes one task of a job array (``probes.jobs:sweep_cell_task``: ``run_sweep``
+restricted to that cell, so the cell's lock, resume and failure row are the local ones). The job's id goes to the
 cell's run dir (``slurm_job.json``), its submitit files and logs to ``OUT/slurm/<submission>/``.
 A later ``sweep`` or ``sweep --status`` reads those records: a cell whose job is queued or running
 is not submitted again, and a job that ended without a result (cancelled, killed, out of memory or
@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-
-from .slurm import JobRecord, SlurmOptions, check_slurm, is_active, job_states, make_executor, \
+from revtransfer.launch.jobs import EntryPointJob
+from revtransfer.launch.slurm import JobRecord, SlurmOptions, check_slurm, is_active, job_states, make_executor, \
     new_submission_folder, submit, wait_for
+from revtransfer.results import ResultsTable
+
+from .sweep import SweepReport, cell_lock_held, cell_status, record_failure, sweep_progress
 
 _MAX_ERROR = 2000  # the results table's error column keeps this much
 
@@ -50,8 +53,6 @@ def reconcile(spec, cells=None) -> tuple[dict[str, JobRecord], dict[str, str]]:
     that is over without a result, or whose code failed outside the cell's own error handling, is
     written down once as a failed row with its log's last lines. Reads no SLURM state when no cell
     has a record."""
-    from probes.sweep import record_failure
-
     cells = spec.cells() if cells is None else cells
     records = {c.cell_id: r for c in cells if (r := JobRecord.load(spec.run_dir(c))) is not None}
     states = job_states(r.job_id for r in records.values()) if records else {}
@@ -75,12 +76,6 @@ def reconcile(spec, cells=None) -> tuple[dict[str, JobRecord], dict[str, str]]:
 def submit_sweep(spec, options: SlurmOptions, *, only: Callable | None = None, retry_failed: bool = True,
                  max_cells: int | None = None) -> SweepSubmission:
     """Submit every pending cell of ``spec`` as one SLURM job array (see the module docstring)."""
-    from probes.results import ResultsTable
-
-    from probes.sweep import cell_lock_held
-
-    from .jobs import SweepCellJob
-
     check_slurm()
     cells = [c for c in spec.cells() if only is None or only(c)]
     records, states = reconcile(spec, cells)
@@ -103,7 +98,7 @@ def submit_sweep(spec, options: SlurmOptions, *, only: Callable | None = None, r
     spec.out.mkdir(parents=True, exist_ok=True)
     sub.folder = new_submission_folder(spec.out)
     executor = make_executor(sub.folder, options, job_name=f"sweep-{spec.name}")
-    jobs = submit(executor, [SweepCellJob(spec, c.cell_id) for c in todo])
+    jobs = submit(executor, [EntryPointJob("probes.jobs:sweep_cell_task", spec, c.cell_id) for c in todo])
     for cell, job in zip(todo, jobs):
         record = JobRecord.of(job, cell.cell_id)
         record.save(spec.run_dir(cell))
@@ -113,10 +108,7 @@ def submit_sweep(spec, options: SlurmOptions, *, only: Callable | None = None, r
 
 
 def wait_sweep(spec, sub: SweepSubmission, echo: Callable[[str], None] = print):
-    """Block until every submitted cell's job is over; the run's :class:`probes.sweep.SweepReport`."""
-    from probes.results import ResultsTable
-    from probes.sweep import SweepReport
-
+    """Block until every submitted cell's job is over; the run's :class:`SweepReport`."""
     by_job = {r.job_id: c.cell_id for c, r in zip(sub.cells, sub.records)}
     wait_for(by_job, on_change=lambda j, s: echo(f"  {j:>14s} {s:10s} {by_job[j]}"))
     reconcile(spec, sub.cells)
@@ -146,8 +138,6 @@ def wait_sweep(spec, sub: SweepSubmission, echo: Callable[[str], None] = print):
 def status_lines(spec) -> list[str]:
     """One line per cell: its state (ok, failed, partial, todo; queued or running while its SLURM job
     is), and for a cell with a SLURM job, the job's id, state and log."""
-    from probes.sweep import cell_status, sweep_progress
-
     records, states = reconcile(spec)
     lines = []
     for cell, state in cell_status(spec):

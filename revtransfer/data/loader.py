@@ -13,27 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Iterator, Sequence
 
-# Re-exported: the dataset reader and the split helpers the loop uses live in revtransfer.data.
-__all__ = ["BatchLoader", "ClevrArrays", "DatasetError", "Normalize", "holdout_split", "open_dataset",
-           "split_indices", "subset_fraction"]
-
 import numpy as np
 import torch
 
-from revtransfer.data import ClevrArrays, DatasetError, open_dataset, split_indices, subset_fraction
 
-
-# --- splits ---------------------------------------------------------------------------------------
-def holdout_split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) sorted index arrays of ``range(n)``; the same for every training seed and
-    fraction (``revtransfer.data.split_indices`` with an empty test part)."""
-    parts = split_indices(n, (1 - val_frac, val_frac, 0.0), seed)
-    if not len(parts["val"]) or not len(parts["train"]):
-        raise DatasetError(f"val_frac={val_frac} of {n} images leaves an empty train or held-out part")
-    return parts["train"], parts["val"]
-
-
-# --- batches ---------------------------------------------------------------------------------------
 class BatchLoader:
     """Iterates batches of ``(uint8 images (b, H, W, 3), int64 labels (b,))`` over ``indices``.
 

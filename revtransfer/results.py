@@ -1,7 +1,8 @@
 """The results table: ``results.parquet`` (the source of truth) and ``results.csv`` (for eyes and
-spreadsheets), one row per cell. Writers take a file lock, read, upsert the row by its key and
-replace both files atomically, so two sweeps can write at once and a crash mid-write leaves the
-previous table intact."""
+spreadsheets), one row per sweep cell or detection run. It is library: the apps (probes' sweeps,
+detection runs) write it and ``revtransfer report`` reads it. Writers take a file lock, read, upsert
+the row by its key and replace both files atomically, so two writers can work at once and a crash
+mid-write leaves the previous table intact."""
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ class ResultsTable:
         self.dir = Path(directory)
         self.parquet = self.dir / "results.parquet"
         self.csv = self.dir / "results.csv"
-        # The lock file name is shared with detection.results so both writers exclude each other.
+        # One lock file per table, so every writer (sweeps, detection runs) excludes the others.
         self.lock = FileLock(str(self.dir / LOCK_NAME), timeout=lock_timeout)
 
     def read(self):
