@@ -24,14 +24,13 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image
 
+from revtransfer.data import open_dataset
+from revtransfer.errors import DatasetError
+
 logger = logging.getLogger(__name__)
 
 NPY_NAME = "images.npy"
 _INDEX_KEYS = ("index", "npy_index")
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be registered as given; the message names the path and value."""
 
 
 def resolve_npy(images: str | os.PathLike) -> Path | None:
@@ -44,9 +43,19 @@ def resolve_npy(images: str | os.PathLike) -> Path | None:
     return None
 
 
+def is_clevr_gen_dir(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
+
+
 @functools.lru_cache(maxsize=8)
 def _open_npy(path: str) -> np.ndarray:
-    # One read-only memory map per process (and per dataloader worker): rows are paged in on demand.
+    """One read-only memory map per process (and per dataloader worker): rows are paged in on demand.
+    A clevr_gen dataset's ``images.npy`` is opened through the one checked reader
+    (``revtransfer.data.open_dataset``: manifest, file sizes and checksums, shape), any other
+    ``.npy`` as it is."""
+    p = Path(path)
+    if p.name == NPY_NAME and is_clevr_gen_dir(p.parent):
+        return open_dataset(p.parent).images
     return np.load(path, mmap_mode="r")
 
 

@@ -152,10 +152,3 @@ def run_probes(run_dir: str | Path, transfer_dataset: str | Path, settings: Prob
         "results": {k: r.as_dict() for k, r in results.items()},
     })
     return results
-
-
-def read_probe_results(run_dir: str | Path) -> dict[str, ProbeResult] | None:
-    path = Path(run_dir) / PROBE_JSON
-    if not path.exists():
-        return None
-    return {k: ProbeResult(**v) for k, v in json.loads(path.read_text())["results"].items()}

@@ -84,3 +84,16 @@ def test_padding_that_does_not_fit_the_patch_grid_is_named():
     cfg = build_config("clevr_mask_rcnn_vit_micro_frozen", overrides=["model.backbone.square_pad=84"])
     with pytest.raises(DatasetError, match=r"square_pad=84 is not a multiple of 80"):
         prepare(cfg)
+
+
+def test_a_clevr_gen_dataset_is_read_through_the_checked_reader(clevr_coco, tmp_path):
+    import shutil
+
+    register_coco_by_path("t_clevr", clevr_coco / "coco.json", clevr_coco)
+    assert len(_mapped("t_clevr")) == 12
+    broken = tmp_path / "broken"
+    shutil.copytree(clevr_coco, broken)
+    with open(broken / "images.npy", "r+b") as f:  # truncated: the manifest records another size
+        f.truncate(f.seek(0, 2) - 100)
+    with pytest.raises(DatasetError, match="images.npy has .* bytes, the manifest records"):
+        register_coco_by_path("t_broken", broken / "coco.json", broken)

@@ -14,8 +14,8 @@ from revtransfer.data import BatchLoader, holdout_split, subset_fraction
 
 
 @pytest.fixture(scope="module")
-def easy(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("data") / "easy", n=160, size=16)
+def easy(study_dataset):
+    return study_dataset
 
 
 def _cfg(dataset, out, **kw):

@@ -77,12 +77,7 @@ def _claims_section(res, rows, out: Path) -> list[str]:
             "over seeds): reproduced, refuted or inconclusive." + note + "\n", write_table(table, out, "claims")]
 
 
-def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str = "revtransfer report",
-                 command: list[str] | None = None, intro: str | None = None) -> Path:
-    """``intro``: a paragraph under the title (what the report's numbers can and cannot tell)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = provenance(command)
+def _header(meta: dict, title: str, intro: str | None) -> list[str]:
     sections = [f"# {title}\n",
                 f"Written by `{meta['command']}` at commit `{meta['git_commit']}` on {meta['date']} "
                 f"({meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs"
@@ -90,75 +85,99 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
                 "Every number below is read from the files listed under each table; none is typed by hand.\n"]
     if intro:
         sections.append(intro.strip() + "\n")
+    return sections
 
+
+def _datasets_section(datasets, out: Path) -> list[str]:
     manifests = tables.load_manifests(datasets)
-    if manifests:
-        t = tables.dataset_table(manifests)
-        md = write_table(t, out, "datasets", "Generated datasets: target vs measured P(X), P(Y), Corr(X, Y)")
-        seeds = ", ".join(f"{n}: seed {m.get('seed')}, commit {m.get('git_commit')}" for n, m in manifests)
-        sections += ["## Datasets\n", "Target vs measured statistics of each generated dataset "
-                     "([csv](datasets.csv), [tex](datasets.tex)).\n", md, f"- manifests: {seeds}\n"]
+    if not manifests:
+        return []
+    t = tables.dataset_table(manifests)
+    md = write_table(t, out, "datasets", "Generated datasets: target vs measured P(X), P(Y), Corr(X, Y)")
+    seeds = ", ".join(f"{n}: seed {m.get('seed')}, commit {m.get('git_commit')}" for n, m in manifests)
+    return ["## Datasets\n", "Target vs measured statistics of each generated dataset "
+            "([csv](datasets.csv), [tex](datasets.tex)).\n", md, f"- manifests: {seeds}\n"]
 
-    res = _read_results(results)
+
+def _probe_section(res: pd.DataFrame, out: Path) -> list[str]:
+    """Probe accuracy per cell, RevViT − ViT (main and width-matched), the claims, the sanity rows."""
     probe = tables.probe_table(res)
-    if not probe.empty:
-        shown = probe.assign(**{"probe acc (%)": [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(probe.acc_mean, probe.acc_std)]})
-        shown = shown[["corr", "fraction", "arch", "probe acc (%)", "auroc_mean", "n", "feature_dim"]]
-        md = write_table(shown, out, "probe_accuracy", "Linear probe accuracy for Y on frozen features (mean ± std over seeds)")
-        plots.probe_accuracy(probe, out / "probe_accuracy.png")
-        sections += ["## Transfer: linear probes\n",
-                     "Frozen backbones pretrained on X, linear probe for Y on the transfer set "
-                     "([csv](probe_accuracy.csv), [tex](probe_accuracy.tex)).\n",
-                     "![probe accuracy](probe_accuracy.png)\n", md]
-        imp = tables.improvement_table(res)
-        if not imp.empty:
-            md = write_table(imp, out, "improvement", "RevViT minus ViT probe accuracy with 95% CI")
-            plots.improvement(imp, out / "improvement.png")
-            sections += ["### RevViT − ViT\n", "![improvement](improvement.png)\n", md]
-        rows = tables.probe_rows(res)  # finished probe cells, for the sections below
-        if "probe_acc_matched" in rows and rows["probe_acc_matched"].notna().any():
-            matched = tables.improvement_table(res, column="probe_acc_matched")
-            if not matched.empty:
-                dims = pd.to_numeric(rows["matched_dim"], errors="coerce").dropna() if "matched_dim" in rows else []
-                ks = sorted({int(k) for k in dims})
-                k = f" (k = {', '.join(map(str, ks))})" if ks else ""
-                md = write_table(matched, out, "improvement_matched",
-                                 "RevViT minus ViT probe accuracy on the top-k PCA components of each backbone's "
-                                 "features, with 95% CI")
-                sections += ["### Width-matched control (top-k PCA components of each backbone's features)\n",
-                             (f"Both probes see the same number of dimensions{k}: the top PCA components of each "
-                              "backbone's frozen features, fitted on the probe's training split, so RevViT's 2C-wide "
-                              "concat features no longer give its probe twice ViT's width; a gap that remains is the "
-                              "architecture's, not the width's ([csv](improvement_matched.csv), "
-                              "[tex](improvement_matched.tex)).\n"), md]
-        sections += _claims_section(res, rows, out)
-        sanity = rows
-        if "sanity_x_acc" in sanity and sanity["sanity_x_acc"].notna().any():
-            s = sanity.groupby(["arch", "corr"]).agg(
-                cells=("pretrain_val_acc", "size"), pretrain_val_acc=("pretrain_val_acc", "mean"),
-                pretrain_val_acc_min=("pretrain_val_acc", "min"), sanity_x_acc=("sanity_x_acc", "mean")).reset_index()
-            worst = sanity.loc[pd.to_numeric(sanity["pretrain_val_acc"]).idxmin()]
-            learned = (f"Every cell's pretraining reached {LEARNED_X:.2f} on X (lowest "
-                       f"{worst['pretrain_val_acc']:.3f}: {worst['arch']}, corr {worst['corr']:g})."
-                       if worst["pretrain_val_acc"] >= LEARNED_X else
-                       f"Not every backbone learned X: {int((pd.to_numeric(sanity['pretrain_val_acc']) < LEARNED_X).sum())} "
-                       f"of {len(sanity)} cells stayed below the {LEARNED_X:.2f} a comparison needs, the lowest at "
-                       f"{worst['pretrain_val_acc']:.3f} ({worst['arch']}, corr {worst['corr']:g}); "
-                       "read the transfer numbers above with that in mind.")
-            sections += ["### Sanity: pretraining task\n", "Pretrain validation accuracy on X (mean and lowest over "
-                         "cells) and a probe for X on held-out pretrain images (mean over cells). " + learned + "\n",
-                         write_table(s, out, "sanity_x")]
-        sections.append(_provenance_lines(rows))
+    if probe.empty:
+        return []
+    shown = probe.assign(**{"probe acc (%)": [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(probe.acc_mean, probe.acc_std)]})
+    shown = shown[["corr", "fraction", "arch", "probe acc (%)", "auroc_mean", "n", "feature_dim"]]
+    md = write_table(shown, out, "probe_accuracy", "Linear probe accuracy for Y on frozen features (mean ± std over seeds)")
+    plots.probe_accuracy(probe, out / "probe_accuracy.png")
+    sections = ["## Transfer: linear probes\n",
+                "Frozen backbones pretrained on X, linear probe for Y on the transfer set "
+                "([csv](probe_accuracy.csv), [tex](probe_accuracy.tex)).\n",
+                "![probe accuracy](probe_accuracy.png)\n", md]
+    imp = tables.improvement_table(res)
+    if not imp.empty:
+        md = write_table(imp, out, "improvement", "RevViT minus ViT probe accuracy with 95% CI")
+        plots.improvement(imp, out / "improvement.png")
+        sections += ["### RevViT − ViT\n", "![improvement](improvement.png)\n", md]
+    rows = tables.probe_rows(res)  # finished probe cells, for the sections below
+    sections += _matched_section(res, rows, out)
+    sections += _claims_section(res, rows, out)
+    sections += _sanity_section(rows, out)
+    sections.append(_provenance_lines(rows))
+    return sections
 
+
+def _matched_section(res: pd.DataFrame, rows: pd.DataFrame, out: Path) -> list[str]:
+    if "probe_acc_matched" not in rows or not rows["probe_acc_matched"].notna().any():
+        return []
+    matched = tables.improvement_table(res, column="probe_acc_matched")
+    if matched.empty:
+        return []
+    dims = pd.to_numeric(rows["matched_dim"], errors="coerce").dropna() if "matched_dim" in rows else []
+    ks = sorted({int(k) for k in dims})
+    k = f" (k = {', '.join(map(str, ks))})" if ks else ""
+    md = write_table(matched, out, "improvement_matched",
+                     "RevViT minus ViT probe accuracy on the top-k PCA components of each backbone's "
+                     "features, with 95% CI")
+    return ["### Width-matched control (top-k PCA components of each backbone's features)\n",
+            (f"Both probes see the same number of dimensions{k}: the top PCA components of each "
+             "backbone's frozen features, fitted on the probe's training split, so RevViT's 2C-wide "
+             "concat features no longer give its probe twice ViT's width; a gap that remains is the "
+             "architecture's, not the width's ([csv](improvement_matched.csv), "
+             "[tex](improvement_matched.tex)).\n"), md]
+
+
+def _sanity_section(rows: pd.DataFrame, out: Path) -> list[str]:
+    if "sanity_x_acc" not in rows or not rows["sanity_x_acc"].notna().any():
+        return []
+    s = rows.groupby(["arch", "corr"]).agg(
+        cells=("pretrain_val_acc", "size"), pretrain_val_acc=("pretrain_val_acc", "mean"),
+        pretrain_val_acc_min=("pretrain_val_acc", "min"), sanity_x_acc=("sanity_x_acc", "mean")).reset_index()
+    worst = rows.loc[pd.to_numeric(rows["pretrain_val_acc"]).idxmin()]
+    learned = (f"Every cell's pretraining reached {LEARNED_X:.2f} on X (lowest "
+               f"{worst['pretrain_val_acc']:.3f}: {worst['arch']}, corr {worst['corr']:g})."
+               if worst["pretrain_val_acc"] >= LEARNED_X else
+               f"Not every backbone learned X: {int((pd.to_numeric(rows['pretrain_val_acc']) < LEARNED_X).sum())} "
+               f"of {len(rows)} cells stayed below the {LEARNED_X:.2f} a comparison needs, the lowest at "
+               f"{worst['pretrain_val_acc']:.3f} ({worst['arch']}, corr {worst['corr']:g}); "
+               "read the transfer numbers above with that in mind.")
+    return ["### Sanity: pretraining task\n", "Pretrain validation accuracy on X (mean and lowest over "
+            "cells) and a probe for X on held-out pretrain images (mean over cells). " + learned + "\n",
+            write_table(s, out, "sanity_x")]
+
+
+def _detection_section(res: pd.DataFrame, out: Path) -> list[str]:
     det = tables.detection_table(res)
-    if not det.empty:
-        if "dataset" in det:
-            det = det.assign(dataset=det["dataset"].map(_shown_path))
-        md = write_table(det, out, "detection", "Frozen-backbone ViTDet: box and mask AP")
-        sections += ["## Detection: frozen-backbone ViTDet\n", "([csv](detection.csv), [tex](detection.tex))\n", md,
-                     _provenance_lines(res[res.get("box_AP").notna()] if "box_AP" in res else res)]
+    if det.empty:
+        return []
+    if "dataset" in det:
+        det = det.assign(dataset=det["dataset"].map(_shown_path))
+    md = write_table(det, out, "detection", "Frozen-backbone ViTDet: box and mask AP")
+    return ["## Detection: frozen-backbone ViTDet\n", "([csv](detection.csv), [tex](detection.tex))\n", md,
+            _provenance_lines(res[res.get("box_AP").notna()] if "box_AP" in res else res)]
 
+
+def _bench_sections(bench, out: Path) -> list[str]:
     bench_df, recon_df, bench_meta = tables.load_bench(bench) if bench else (pd.DataFrame(), pd.DataFrame(), [])
+    sections = []
     if not bench_df.empty:
         bt = tables.bench_table(bench_df)
         md = write_table(bt, out, "bench", "Training throughput and activation memory per backward mode")
@@ -172,7 +191,6 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
                          "reference's best; reference activation memory per sample over each mode's):\n",
                          write_table(summary, out, "bench_summary")]
         sections.append(md)
-
     if not recon_df.empty:
         cols = [c for c in ("model", "depth", "dtype", "max_rel_error", "device_name") if c in recon_df]
         md = write_table(recon_df[cols], out, "reconstruction",
@@ -183,8 +201,22 @@ def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str 
         sections += ["### Benchmark commands\n", "".join(f"- `{m.get('command')}` ({m.get('date')}, commit {m.get('git_commit')}, "
                                                f"{m.get('machine', {}).get('gpu') or 'CPU'}, torch "
                                                f"{m.get('versions', {}).get('torch')})\n" for m in bench_meta)]
-    if len(sections) == 2:
-        sections.append("No inputs found: pass --results, --bench and/or --datasets.\n")
+    return sections
+
+
+def build_report(out: str | Path, results=(), bench=(), datasets=(), title: str = "revtransfer report",
+                 command: list[str] | None = None, intro: str | None = None) -> Path:
+    """The report's README.md (and its tables and plots) in ``out``, section by section: datasets,
+    probes (with claims and sanity), detection, benchmarks. ``intro``: a paragraph under the title
+    (what the report's numbers can and cannot tell)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = provenance(command)
+    sections = _header(meta, title, intro)
+    res = _read_results(results)
+    body = (_datasets_section(datasets, out) + _probe_section(res, out) + _detection_section(res, out)
+            + _bench_sections(bench, out))
+    sections += body or ["No inputs found: pass --results, --bench and/or --datasets.\n"]
     atomic_write_text(out / "README.md", "\n".join(sections))
     atomic_write_text(out / "provenance.json", json.dumps(meta, indent=2) + "\n")
     return out / "README.md"

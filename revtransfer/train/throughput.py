@@ -2,11 +2,9 @@
 memory map, normalised on device, forward, backward, AdamW, scheduler) per model and backward mode.
 
 ``revtransfer bench`` measures a model's bare training step; this measures the pretraining loop
-(data path included), which is what a sweep's wall time depends on.
+(data path included), which is what a sweep's wall time depends on:
 
-    python -m revtransfer.train.throughput --out bench/pretrain_throughput.json \\
-        --arch vit_micro --arch revvit_micro --batch-size 64 --steps 20
-    revtransfer pretrain DATA --out runs/x --arch revvit_micro --benchmark-steps 50   # on real data
+    revtransfer pretrain DATA --out runs/x --arch revvit_micro --benchmark-steps 50
 """
 from __future__ import annotations
 
@@ -83,13 +81,6 @@ class _Runner:
     @property
     def mode(self) -> str:
         return self.cfg.backprop if is_reversible(self.model) else "backprop"
-
-
-def time_training_steps(cfg: PretrainConfig, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
-                        steps: int, warmup: int = 3, progress: bool = False) -> dict:
-    """Build the model/optimizer of ``cfg`` and time ``steps`` training steps after ``warmup``."""
-    return time_interleaved([cfg], images, labels, indices, steps=steps, warmup=warmup, rounds=1,
-                            progress=progress)["records"][0]
 
 
 def _summary(values: list[float]) -> dict:
@@ -186,11 +177,6 @@ def benchmark_configs(cfgs: Sequence[PretrainConfig], steps: int, warmup: int = 
     return doc
 
 
-def benchmark_config(cfg: PretrainConfig, steps: int, warmup: int = 3, progress: bool = True) -> dict:
-    """One config on its own dataset: :func:`benchmark_configs` with one round."""
-    return benchmark_configs([cfg], steps, warmup, rounds=1, progress=progress)
-
-
 def format_throughput(result: dict) -> str:
     lines = [f"{'model':14s} {'mode':9s} {'prec':5s} {'bs':>4s} {'samples/s (min/median/max over rounds)':>40s}"]
     for r in result["records"]:
@@ -202,58 +188,3 @@ def format_throughput(result: dict) -> str:
         lines.append(f"ratio {q['numerator']}/{q['denominator']} ({fixed}): min {q['min']:.3f} median "
                      f"{q['median']:.3f} max {q['max']:.3f}")
     return "\n".join(lines)
-
-
-def benchmark_models(archs: Sequence[str], modes: Sequence[str] = BACKPROP_MODES, *, batch_size: int = 64,
-                     steps: int = 20, warmup: int = 3, rounds: int = 3, img_size: int = 80,
-                     model_kwargs: dict | None = None, device: str = "auto", precisions: Sequence[str] = ("fp32",),
-                     progress: bool = True) -> dict:
-    """Every (arch, mode, precision) on synthetic uint8 images of the study's shape (80x80 default),
-    interleaved (:func:`time_interleaved`). Non-reversible archs run once per precision (backprop)."""
-    rng = np.random.default_rng(0)
-    n = batch_size * 4
-    images = rng.integers(0, 256, (n, img_size, img_size, 3), dtype=np.uint8)
-    labels = rng.integers(0, 2, n).astype(np.int64)
-    cfgs = []
-    for arch in archs:
-        base = PretrainConfig(dataset="<synthetic>", out="<none>", arch=arch, model_kwargs=dict(model_kwargs or {}),
-                              batch_size=batch_size, device=device)
-        for mode in modes if _reversible(base) else ["backprop"]:
-            cfgs += [base.replace(backprop=mode, precision=p) for p in precisions]
-    result = time_interleaved(cfgs, images, labels, np.arange(n), steps=steps, warmup=warmup, rounds=rounds,
-                              progress=progress)
-    print(format_throughput(result), file=sys.stderr)
-    return {**result, "meta": provenance()}
-
-
-def _reversible(cfg: PretrainConfig) -> bool:
-    with torch.device("meta"):  # only the class matters
-        return is_reversible(build_model(cfg, None))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Pretraining-loop throughput per model and backward mode (JSON).")
-    p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--arch", action="append", help="repeatable; default vit_micro and revvit_micro")
-    p.add_argument("--mode", action="append", choices=BACKPROP_MODES, help="repeatable; default all")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--img-size", type=int, default=80)
-    p.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", action="append", choices=("fp32", "bf16", "fp64"), help="repeatable; default fp32")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (min / median / max over them)")
-    a = p.parse_args(argv)
-    kwargs = parse_model_kwargs(tuple(a.model_kw))
-    kwargs.setdefault("img_size", a.img_size)
-    result = benchmark_models(a.arch or ["vit_micro", "revvit_micro"], a.mode or list(BACKPROP_MODES),
-                              batch_size=a.batch_size, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
-                              img_size=a.img_size, model_kwargs=kwargs, device=a.device,
-                              precisions=a.precision or ["fp32"])
-    atomic_write_json(a.out, result)
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()
