@@ -8,17 +8,16 @@ images with a few box+mask instances at the config's padded size), so no dataset
 """
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import time
-from pathlib import Path
-
 import torch
 from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from revtransfer.atomic import atomic_write_json
+from revtransfer.bench.record import detect_step_record, records_to_dicts
 from revtransfer.provenance import git_commit, library_versions, utc_now
 
 from .config import backbone_net, build_config
@@ -122,22 +121,21 @@ def run_bench(config: str, out: str, iters: int = 5, warmup: int = 2, batch_size
     amp = bool(cfg.train.amp.enabled) and device.startswith("cuda")
     size = int(cfg.model.backbone.get("square_pad") or 1024)
     batch = synthetic_batch(batch_size, size, int(cfg.model.roi_heads.num_classes))
-    record = {
-        "config": config, "arch": backbone_net(cfg.model.backbone).model_name, "image_size": size,
-        "batch_size": batch_size, "iters": iters, "warmup": warmup, "device": device,
+    arch = backbone_net(cfg.model.backbone).model_name
+    meta = {
+        "measure": "detect_step", "config": config, "image_size": size, "iters": iters, "warmup": warmup,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch_threads": torch.get_num_threads(), "amp_bf16": amp, "overrides": list(overrides),
+        "torch_threads": torch.get_num_threads(), "overrides": list(overrides),
         "git_commit": git_commit(), "versions": library_versions(), "date": utc_now(),
     }
-    torch.manual_seed(0)
-    record["frozen"] = _time_variant(cfg, batch, iters, warmup, device, amp)
-    if compare_unfrozen:
-        backbone_net(cfg.model.backbone).freeze = False
+    variants = ["frozen"] + (["unfrozen"] if compare_unfrozen else [])
+    records = []
+    for variant in variants:
+        backbone_net(cfg.model.backbone).freeze = variant == "frozen"
         torch.manual_seed(0)
-        record["unfrozen"] = _time_variant(cfg, batch, iters, warmup, device, amp)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-    return record
+        timing = _time_variant(cfg, batch, iters, warmup, device, amp)
+        records.append(detect_step_record(arch, variant, timing, batch_size=batch_size, device=device,
+                                          precision="bf16" if amp else "fp32", image_size=size, config=config))
+    doc = {"meta": meta, "records": records_to_dicts(records)}
+    atomic_write_json(out, doc)
+    return doc

@@ -73,21 +73,22 @@ def cell_samples(spec: SweepSpec) -> dict[str, tuple[str, int]]:
 
 
 def _records(path: Path) -> list[dict]:
+    from revtransfer.bench.record import read_bench_file
+
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        _, records, _ = read_bench_file(path)
+    except (OSError, ValueError, TypeError) as e:
         raise SweepError(f"--estimate {path}: not a readable throughput JSON ({e})") from None
-    amp = (doc.get("meta") or {}).get("amp")
     rows = []
-    for r in doc.get("records", []) if isinstance(doc, dict) else []:
-        rate = (r.get("samples_per_s_rounds") or {}).get("median") or r.get("samples_per_s")
-        if r.get("status", "ok") != "ok" or not rate:
+    for r in records:
+        rate = (r.samples_per_s_rounds or {}).get("median") or r.samples_per_s
+        if r.status != "ok" or not rate or r.measure not in ("train_step", "pretrain_step") or not r.batch_size:
             continue
-        precision = r.get("precision") or {"bf16": "bf16", "fp16": "fp16"}.get(r.get("amp") or amp, "fp32")
-        image = r.get("image_size") or (r.get("input_shape") or [None, None])[-2:]
-        rows.append(dict(model=r["model"], mode=r.get("mode", "backprop"), precision=precision,
-                         batch_size=int(r["batch_size"]), samples_per_s=float(rate), device=r.get("device", "?"),
-                         kwargs=_shape_kwargs(r.get("model_kwargs")), image=tuple(image) if all(image) else None))
+        image = r.extra.get("image_size") or (r.input_shape or [None, None])[-2:]
+        rows.append(dict(model=r.model, mode=r.mode, precision=r.precision, batch_size=int(r.batch_size),
+                         samples_per_s=float(rate), device=r.device or "?",
+                         kwargs=_shape_kwargs(r.extra.get("model_kwargs")),
+                         image=tuple(image) if all(image) else None))
     if not rows:
         raise SweepError(f"--estimate {path}: no measured throughput records in it")
     return rows

@@ -14,12 +14,13 @@ import dataclasses
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from revtransfer.models import create_model, is_reversible
+
+from .record import BenchRecord, precision_name, ratio_summary, summarize
 
 # The non-reversible model of the same size, benchmarked as a reference row.
 REFERENCE_MODELS = {
@@ -44,35 +45,8 @@ def _reference_kwargs(model_kwargs: dict) -> dict:
     return kwargs
 
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class BenchRecord:
-    model: str
-    mode: str  # backprop / reprop / pareprop (a non-reversible model: backprop)
-    batch_size: int
-    device: str
-    status: str = "ok"  # ok | oom
-    samples_per_s: float | None = None
-    step_ms_median: float | None = None
-    step_ms_all: list[float] = field(default_factory=list)
-    peak_mem_bytes: int | None = None  # CUDA: max_memory_allocated during the timed steps
-    # CUDA: peak minus what was allocated before a step (weights) minus the grads; CPU: saved for backward
-    activation_bytes: int | None = None
-    activation_bytes_per_sample: float | None = None
-    peak_rss_growth_bytes: int | None = None  # CPU only
-    amp: str = "none"
-    input_shape: list[int] | None = None
-    num_params: int | None = None
-    reference_for: str | None = None  # the non-reversible reference row of this reversible model
-    rounds: int = 1
-    samples_per_s_all: list[float] = field(default_factory=list)  # per round (median step of each)
-    samples_per_s_rounds: dict | None = None                      # min / median / max over rounds
-    error: str | None = None  # why a batch size counted as out of memory (allocator, cuBLAS/cuDNN workspace)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# Autocast dtype of each precision of a bench record (fp32: none). "none" is the older spelling.
+AMP_DTYPES = {"fp32": None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_inputs(model: nn.Module, batch_size: int, device, seq_len: int | None = None):
@@ -150,16 +124,21 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def bench_one(model: nn.Module, name: str, mode: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-              amp: str = "none", seq_len: int | None = None) -> BenchRecord:
+              precision: str = "fp32", seq_len: int | None = None) -> BenchRecord:
     if is_reversible(model):
         model.set_backprop(mode)
     model.train()
     x = make_inputs(model, batch_size, device, seq_len)
     num_classes = max(getattr(model, "num_classes", 2), 1)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
-    dtype = AMP_DTYPES[amp]
-    rec = BenchRecord(name, mode, batch_size, str(device), amp=amp, input_shape=list(x.shape),
-                      num_params=sum(p.numel() for p in model.parameters()))
+    precision = precision_name(precision)
+    if precision not in AMP_DTYPES:
+        raise ValueError(f"precision {precision!r}: the training-step benchmark runs fp32 or autocast "
+                         f"({', '.join(p for p in AMP_DTYPES if p != 'none')})")
+    dtype = AMP_DTYPES[precision]
+    rec = BenchRecord("train_step", name, mode, precision, batch_size, str(device), input_shape=list(x.shape),
+                      num_params=sum(p.numel() for p in model.parameters()),
+                      peak_mem_kind="cuda max_memory_allocated" if device.type == "cuda" else None)
 
     def step(backward=True):
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
@@ -236,7 +215,7 @@ class _Predictor:
 
 
 def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: int = 3, device="cpu",
-                  amp: str = "none", reference: str | None = "auto", model_kwargs: dict | None = None,
+                  precision: str = "fp32", reference: str | None = "auto", model_kwargs: dict | None = None,
                   seq_len: int | None = None, progress=None, deadline: float | None = None, done=(),
                   clock=time.monotonic, rounds: int = 1):
     """Benchmark ``model_name`` in each mode at each batch size (a mode stops at its first OOM),
@@ -251,8 +230,9 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
     every configuration was covered."""
     device = torch.device(device)
     model_kwargs = model_kwargs or {}
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"unknown amp {amp!r}; choose one of: {', '.join(AMP_DTYPES)}")
+    precision = precision_name(precision)
+    if precision not in AMP_DTYPES:
+        raise ValueError(f"precision {precision!r}: choose one of fp32, bf16, fp16")
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be at least 1")
     if reference == "auto":
@@ -286,7 +266,7 @@ def run_benchmark(model_name: str, modes, batch_sizes, steps: int = 10, warmup: 
                 models[name] = create_model(name, **kwargs).to(device)
                 if not is_reversible(models[name]) and not is_reference and mode != "backprop":
                     raise ValueError(f"{name} is not reversible: it has no backward mode {mode!r}")
-            rec = bench_one(models[name], name, mode, bs, steps, warmup, device, amp, seq_len)
+            rec = bench_one(models[name], name, mode, bs, steps, warmup, device, precision, seq_len)
             if is_reference:
                 rec.reference_for = model_name
             predict.add(bs, clock() - started)  # the first one of a model includes building it
@@ -312,7 +292,7 @@ def _merge(measured: dict, rounds: int) -> list[BenchRecord]:
             rates = first.samples_per_s_all
             first.samples_per_s = statistics.median(rates)
             first.step_ms_median = first.batch_size / first.samples_per_s * 1e3
-            first.samples_per_s_rounds = {"min": min(rates), "median": statistics.median(rates), "max": max(rates)}
+            first.samples_per_s_rounds = summarize(rates)
         out.append(first)
     return out
 
@@ -328,10 +308,8 @@ def round_ratios(records) -> list[dict]:
             over_reference = b.reference_for == a.model
             if a.batch_size != b.batch_size or not (same_model or over_reference):
                 continue
-            values = [x / y for x, y in zip(a.samples_per_s_all, b.samples_per_s_all)]
-            out.append({"numerator": f"{a.model} {a.mode}", "denominator": f"{b.model} {b.mode}",
-                        "batch_size": a.batch_size, "min": min(values), "median": statistics.median(values),
-                        "max": max(values), "rounds": values})
+            out.append(ratio_summary(a.samples_per_s_all, b.samples_per_s_all, numerator=f"{a.model} {a.mode}",
+                                     denominator=f"{b.model} {b.mode}", batch_size=a.batch_size))
     return out
 
 

@@ -130,20 +130,21 @@ def detection_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_bench(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
-    """Throughput records (one row per model x mode x batch size), reconstruction-error records
-    (one per model x depth) and each file's provenance."""
+    """Training-step records (one row per model x mode x precision x batch size), reconstruction-error
+    records (one per model x depth) and each file's provenance, from bench JSON of any vintage
+    (``revtransfer.bench.record.read_bench_file``)."""
+    from revtransfer.bench.record import read_bench_file
+
     records, recon, metas = [], [], []
     for p in map(Path, paths):
-        data = json.loads(p.read_text())
-        meta = dict(data.get("meta", {}), file=str(p))
-        metas.append(meta)
-        rows = data.get("records", [])
-        studied = next((r["model"] for r in rows if r.get("mode") not in (None, "vanilla")), None)
+        meta, rows, _ = read_bench_file(p)
+        metas.append(dict(meta, file=str(p)))
+        studied = next((r.model for r in rows if r.reference_for is None and r.mode != "backprop"), None)
         for r in rows:
-            row = dict(r, source=p.name, device_name=meta.get("machine", {}).get("gpu") or "cpu")
-            if row.get("mode") == "vanilla":  # files written before the one vocabulary: a reference row
-                row.update(mode="backprop", reference_for=studied)
-            (recon if "max_rel_error" in r else records).append(row)
+            row = dict(r.to_dict(), source=p.name, device_name=meta.get("machine", {}).get("gpu") or "cpu")
+            if r.extra.get("legacy_reference") and studied:
+                row["reference_for"] = studied
+            (recon if r.measure == "reconstruction" else records).append(row)
     return pd.DataFrame(records), pd.DataFrame(recon), metas
 
 

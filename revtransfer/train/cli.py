@@ -35,7 +35,7 @@ from .config import PRECISIONS, PretrainConfig
 @click.option("--val-frac", type=float, default=None, help="Held-out part of the dataset.  [default: 0.1]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: fp32]")
-@click.option("--amp", is_flag=True, help="Shorthand for --precision bf16 (autocast).")
+@click.option("--amp", is_flag=True, hidden=True, help="The older spelling of --precision bf16.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--init", "init_checkpoint", default=None,
               help="Initialise from a checkpoint: ours, a timm ViT state dict or a PySlowFast RevViT.")
@@ -62,7 +62,7 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
 
     \b
     revtransfer pretrain data/pt-corr0.8 --out runs/vit --arch vit_micro --epochs 40
-    revtransfer pretrain data/pt-corr0.8 --out runs/rev --arch revvit_micro --backprop pareprop --amp
+    revtransfer pretrain data/pt-corr0.8 --out runs/rev --arch revvit_micro --backprop pareprop --precision bf16
     torchrun --nproc-per-node 4 -m revtransfer.cli pretrain data/pt --out runs/ddp   # DDP
     revtransfer pretrain data/pt --out runs/ddp --launcher slurm --nodes 2 --tasks-per-node 4 --gpus-per-task 1
     revtransfer pretrain data/pt --out bench/ --batch-size 64 --benchmark-steps 5 \\

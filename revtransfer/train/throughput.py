@@ -28,6 +28,7 @@ from revtransfer.provenance import provenance
 from revtransfer.reversible import BACKPROP_MODES
 
 from revtransfer.atomic import atomic_write_json
+from revtransfer.bench.record import BenchRecord, ratio_summary, summarize
 from .config import PretrainConfig
 from revtransfer.data import BatchLoader, Normalize, holdout_split, open_dataset, subset_fraction
 from .metrics import peak_memory_mb, reset_peak_memory
@@ -83,10 +84,6 @@ class _Runner:
         return self.cfg.backprop if is_reversible(self.model) else "backprop"
 
 
-def _summary(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
 def time_interleaved(cfgs: Sequence[PretrainConfig], images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
                      steps: int, warmup: int = 3, rounds: int = 3, progress: bool = False) -> dict:
     """Time the training step of several configs on a shared machine, fairly.
@@ -120,18 +117,16 @@ def time_interleaved(cfgs: Sequence[PretrainConfig], images: np.ndarray, labels:
     for i, r in enumerate(runners):
         rates = [per_round[k][i] for k in range(rounds)]
         peak, kind = peak_memory_mb(r.device)
-        records.append({
-            "model": r.cfg.arch, "mode": r.mode, "precision": r.cfg.precision, "batch_size": r.cfg.batch_size,
-            "image_size": list(images.shape[1:3]), "model_kwargs": r.cfg.model_kwargs, "steps": steps,
-            "warmup": warmup, "rounds": rounds,
-            "samples_per_s": statistics.median(rates),          # median over rounds of the median step
-            "samples_per_s_rounds": _summary(rates), "samples_per_s_all": rates,
-            "samples_per_s_loop": statistics.median(loops[i]),  # with the data path, as a run sees it
-            "step_time_ms_median": 1e3 * r.cfg.batch_size / statistics.median(rates),
-            "data_wait_frac": statistics.median(waits[i]),
-            "peak_mem_mb": peak, "peak_mem_kind": kind, "device": str(r.device),
-            "torch_threads": torch.get_num_threads(),
-        })
+        records.append(BenchRecord(
+            "pretrain_step", r.cfg.arch, r.mode, r.cfg.precision, r.cfg.batch_size, str(r.device),
+            samples_per_s=statistics.median(rates),  # median over rounds of the median step
+            samples_per_s_rounds=summarize(rates), samples_per_s_all=rates, rounds=rounds,
+            step_ms_median=1e3 * r.cfg.batch_size / statistics.median(rates),
+            peak_mem_bytes=int(peak * 2**20), peak_mem_kind=kind,
+            extra={"image_size": list(images.shape[1:3]), "model_kwargs": r.cfg.model_kwargs, "steps": steps,
+                   "warmup": warmup, "torch_threads": torch.get_num_threads(),
+                   "samples_per_s_loop": statistics.median(loops[i]),  # with the data path, as a run sees it
+                   "data_wait_frac": statistics.median(waits[i])}).to_dict())
     return {"records": records, "ratios": _ratios(runners, per_round)}
 
 
@@ -153,9 +148,8 @@ def _ratios(runners, per_round) -> list[dict]:
             else:
                 continue
             index = 0 if varies == "precision" else 1
-            values = [rnd[b] / rnd[a] for rnd in per_round]
-            out.append({"varies": varies, "numerator": keys[b][index], "denominator": keys[a][index], **fixed,
-                        **_summary(values), "rounds": values})
+            out.append(ratio_summary([rnd[b] for rnd in per_round], [rnd[a] for rnd in per_round], varies=varies,
+                                     numerator=keys[b][index], denominator=keys[a][index], **fixed))
     return out
 
 
@@ -172,7 +166,7 @@ def benchmark_configs(cfgs: Sequence[PretrainConfig], steps: int, warmup: int = 
     idx = subset_fraction(train_all, cfg.fraction, cfg.seed)
     result = time_interleaved(cfgs, data.images, data.binary_labels(cfg.label), idx, steps=steps, warmup=warmup,
                               rounds=rounds, progress=progress)
-    doc = {**result, "dataset": str(cfg.dataset), "meta": provenance()}
+    doc = {**result, "dataset": str(cfg.dataset), "meta": dict(provenance(), measure="pretrain_step")}
     atomic_write_json(Path(cfg.out) / "throughput.json", doc)
     return doc
 
