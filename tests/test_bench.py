@@ -109,7 +109,7 @@ def test_gpu_plan_writes_one_file_and_skips_what_it_measured(tmp_path, monkeypat
     from revtransfer.report.tables import load_bench
 
     monkeypatch.setattr(gpu_plan, "PLAN", _tiny_plan(9))
-    monkeypatch.setattr(gpu_plan, "run_checks", lambda device: {"passed": True, "reconstruction_fp32": []})
+    monkeypatch.setattr(gpu_plan, "check_steps", lambda run: [])
     assert gpu_plan.main(_plan_argv(tmp_path)) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["cpu_gpu_plan.json"]
     written = json.loads((tmp_path / "cpu_gpu_plan.json").read_text())

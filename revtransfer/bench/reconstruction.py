@@ -5,6 +5,8 @@ each inverse compounds with depth. This measures max |x - inverse(forward(x))| /
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from revtransfer.bench.throughput import image_input_size
@@ -17,7 +19,11 @@ def reconstruction_errors(model_name: str, depths, batch_size: int = 2, dtype=to
     records = []
     for depth in depths:
         torch.manual_seed(seed)
-        model = create_model(model_name, **dict(model_kwargs or {}, depth=depth)).to(device=device, dtype=dtype).eval()
+        # built on the device (a GPU initialises a deep model's weights in a fraction of the CPU's time)
+        on = torch.device(device) if torch.device(device).type != "cpu" else contextlib.nullcontext()
+        with on:
+            model = create_model(model_name, **dict(model_kwargs or {}, depth=depth))
+        model = model.to(device=device, dtype=dtype).eval()
         stacks = [m for m in model.modules() if isinstance(m, ReversibleStack)]
         if not stacks:
             raise ValueError(f"{model_name} has no reversible stack")

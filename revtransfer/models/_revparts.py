@@ -8,6 +8,11 @@
   parameters; Rev-MViT's default). After the transition the streams restart as I1 = I2.
 * :class:`TerminationFusion` is RevViT's end of the network: ``"concat"`` (concat, LayerNorm(2C),
   so ``num_features`` is 2C) or ``"avg"`` (mean of the streams, LayerNorm(C)).
+* :func:`merge_then` applies a module to the merged streams without keeping the merged tensor for
+  backward: it saves the two streams (which the reversible stack before it saves anyway: the same
+  storages) and recomputes the merge and the module in backward. The termination fusion's norm and
+  the concat transition fusion's projection run through it, so a reversible model keeps no copy of
+  its last streams beyond the stack's own.
 * :class:`ReversibleModelMixin` gives the ``backprop`` property and ``set_backprop``, timm's
   classifier conventions, ``set_grad_checkpointing`` (mapped onto the backward modes) and the
   stage-wise ``forward_intermediates`` of the hierarchical models.
@@ -21,8 +26,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.func import functional_call
 
-from revtransfer.reversible import ReversibleStack, set_backprop_mode
+from revtransfer.reversible import AutocastState, ReversibleStack, set_backprop_mode
+from revtransfer.reversible.refusals import fsdp_managed
+from revtransfer.reversible.schedule import lane_parameters
 
 from ._layers import DropPath, Mlp, trunc_normal_
 
@@ -58,8 +67,8 @@ class StreamFusion(nn.Module):
 
     def forward(self, x1, x2):
         if self.proj is None:
-            return (x1 + x2) * 0.5
-        return self.proj(torch.cat([x1, x2], dim=-1))
+            return (x1 + x2) * 0.5  # saves nothing for backward
+        return merge_then(self.proj, x1, x2, "concat")
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
@@ -68,6 +77,57 @@ class StreamFusion(nn.Module):
 def merge_streams(x1: torch.Tensor, x2: torch.Tensor, kind: str) -> torch.Tensor:
     """The two streams as one tensor, as the termination fusion merges them (before its norm)."""
     return torch.cat([x1, x2], dim=-1) if kind == "concat" else (x1 + x2) * 0.5
+
+
+class _MergeThenFunction(torch.autograd.Function):
+    """``fn(merge_streams(x1, x2, kind))`` that saves only ``x1`` and ``x2`` (and the autocast
+    state): backward recomputes the merge and ``fn`` with grad enabled and differentiates that small
+    graph, as the reversible stack does for its blocks. ``fn``'s parameters follow the streams as
+    inputs so their grads are returned (accumulated by autograd, as DDP's hooks expect)."""
+
+    @staticmethod
+    def forward(ctx, fn: nn.Module, kind: str, x1, x2, *params):
+        ctx.fn, ctx.kind, ctx.params = fn, kind, params
+        ctx.autocast = AutocastState.capture()
+        ctx.save_for_backward(x1, x2)
+        return fn(merge_streams(x1, x2, kind))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x1, x2 = ctx.saved_tensors
+        need_x1, need_x2, *need_params = ctx.needs_input_grad[2:]
+        params = ctx.params
+        if [id(p) for p in ctx.fn.parameters()] != [id(p) for p in params]:
+            raise RuntimeError(f"the parameters of {type(ctx.fn).__name__} changed between its forward and its "
+                               "backward; the merged streams' recomputation needs the same ones")
+        wanted = {id(p) for p, need in zip(params, need_params) if need}
+        with torch.enable_grad(), ctx.autocast.restored():
+            l1 = x1.detach().requires_grad_(need_x1)
+            l2 = x2.detach().requires_grad_(need_x2)
+            aliases, leaves = lane_parameters(ctx.fn, wanted)
+            y = functional_call(ctx.fn, aliases, (merge_streams(l1, l2, ctx.kind),))
+        inputs = [t for t, need in ((l1, need_x1), (l2, need_x2)) if need] + leaves
+        grads = iter(torch.autograd.grad(y, inputs, dy, allow_unused=True))
+        dx1 = next(grads) if need_x1 else None
+        dx2 = next(grads) if need_x2 else None
+        return (None, None, dx1, dx2, *[next(grads) if id(p) in wanted else None for p in params])
+
+
+def merge_then(fn: nn.Module, x1: torch.Tensor, x2: torch.Tensor, kind: str) -> torch.Tensor:
+    """``fn(merge_streams(x1, x2, kind))``; when autograd records it, through
+    :class:`_MergeThenFunction`, which keeps only the two streams for backward instead of the merged
+    tensor that ``fn`` (a LayerNorm, a Linear) would save: after a reversible stack, that is no
+    activation beyond what the stack keeps. The value is the same computation either way. Under
+    ``torch.compile`` the plain form is traced (the compiler plans memory itself), and under FSDP it
+    runs as is (FSDP swaps the module's parameters for views of its flat ones, which the
+    recomputation would not see)."""
+    params = list(fn.parameters())
+    if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and (x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in params))
+            and not fsdp_managed(fn, params)):
+        return _MergeThenFunction.apply(fn, kind, x1, x2, *params)
+    return fn(merge_streams(x1, x2, kind))
 
 
 def fused_width(dim: int, kind: str) -> int:
@@ -84,7 +144,7 @@ class TerminationFusion(nn.Module):
         self.norm = norm_layer(self.num_features)
 
     def forward(self, x1, x2):
-        return self.norm(merge_streams(x1, x2, self.kind))
+        return merge_then(self.norm, x1, x2, self.kind)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"

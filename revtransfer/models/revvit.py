@@ -26,6 +26,7 @@ from ._revparts import (
     init_weights,
     linspace,
     merge_streams,
+    merge_then,
     take_indices,
 )
 from .convert import own_to_model
@@ -134,8 +135,8 @@ class RevViT(ReversibleModelMixin, nn.Module):
         return self.pos_drop(x + pos), (H, W)
 
     def fuse(self, x1, x2):
-        """Termination fusion of the two streams."""
-        return self.norm(merge_streams(x1, x2, self.fusion))
+        """Termination fusion of the two streams (keeping no merged copy for backward: :func:`merge_then`)."""
+        return merge_then(self.norm, x1, x2, self.fusion)
 
     def forward_features(self, x):
         x, _ = self._pos_embed(self.patch_embed(x))

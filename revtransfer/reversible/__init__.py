@@ -3,6 +3,7 @@
 Generic over the coupling functions F and G; models (ViT, Swin, MViT, RoBERTa) build on it.
 """
 from .coupling import ReversibleCoupling
+from .refusals import ReversibleUnsupportedError
 from .stack import BACKPROP_MODES, ReversibleSequence, ReversibleStack, check_mode, set_backprop_mode
 from .state import AutocastState, RNGState
 
@@ -13,6 +14,7 @@ __all__ = [
     "ReversibleCoupling",
     "ReversibleSequence",
     "ReversibleStack",
+    "ReversibleUnsupportedError",
     "check_mode",
     "set_backprop_mode",
 ]

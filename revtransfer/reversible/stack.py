@@ -9,6 +9,7 @@ from torch import nn
 
 from .coupling import ReversibleCoupling, couple
 from .lanes import current_lane, lanes_for
+from .refusals import FULLGRAPH_REFUSAL, capturing_cuda_graph, compile_disabled, refuse_unsupported
 from .schedule import BlockRNG, forward_keeping_graphs, run_backward
 from .state import AutocastState, RNGState, _cuda_devices
 
@@ -66,6 +67,8 @@ class _ReversibleStackFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy1, dy2):
+        if capturing_cuda_graph():  # a backward captured on its own (the forward refuses capture)
+            refuse_unsupported(ctx.blocks, ())
         y1, y2, *side = ctx.saved_tensors
         blocks = ctx.blocks
         flat_params = list(blocks.parameters())
@@ -89,6 +92,26 @@ class _ReversibleStackFunction(torch.autograd.Function):
         return (None, None, None, dx1, dx2, *[None] * ctx.num_side, *[total.get(id(p)) for p in flat_params])
 
 
+def _reversible(stack: "ReversibleStack", blocks: nn.ModuleList, side: tuple, x1, x2, params: list):
+    refuse_unsupported(blocks, params)  # FSDP, CUDA graph capture: one clear line instead of lost grads
+    return _ReversibleStackFunction.apply(stack, blocks, len(side), x1, x2, *side, *params)
+
+
+_UNCOMPILED = None
+
+
+def _reversible_uncompiled():
+    """What torch.compile calls: :func:`_reversible` behind ``torch.compiler.disable``, a graph break
+    (fullgraph=False: the stack runs eagerly between the compiled graphs, exact, as
+    tests/test_engine_refusals.py checks) or, with fullgraph=True, dynamo's refusal carrying
+    FULLGRAPH_REFUSAL as its reason. Made eagerly, when a stack is built (``disable`` cannot be called
+    inside a compiled region), not at import (it imports dynamo, over a second)."""
+    global _UNCOMPILED
+    if _UNCOMPILED is None:
+        _UNCOMPILED = compile_disabled(_reversible, FULLGRAPH_REFUSAL)
+    return _UNCOMPILED
+
+
 class ReversibleStack(nn.Module):
     """A sequence of :class:`ReversibleCoupling` blocks run as one reversible unit.
 
@@ -104,6 +127,11 @@ class ReversibleStack(nn.Module):
     ``keep_last``: reprop/pareprop keep the last block's activations from the forward instead of
     recomputing them (1/depth less recompute for one block's activations: still flat in depth,
     but at depth 4 about a quarter of what backprop stores). Off by default: the paper's method.
+
+    Where reprop/pareprop cannot work they refuse with :class:`ReversibleUnsupportedError` (one line
+    naming what is supported): under FSDP, inside a CUDA graph capture, and (dynamo's error, with
+    that line as its reason) in ``torch.compile(fullgraph=True)``; with ``fullgraph=False`` the
+    stack is a graph break and runs eagerly (see :mod:`revtransfer.reversible.refusals`).
     """
 
     def __init__(self, blocks: Iterable[ReversibleCoupling], mode: str = "pareprop", preserve_rng_state: bool = True,
@@ -115,6 +143,11 @@ class ReversibleStack(nn.Module):
         self.mode = check_mode(mode)
         self.preserve_rng_state = preserve_rng_state
         self.keep_last = keep_last
+        _reversible_uncompiled()
+
+    def __setstate__(self, state):  # an unpickled stack may be compiled before it ever runs
+        super().__setstate__(state)
+        _reversible_uncompiled()
 
     def set_mode(self, mode: str) -> None:
         self.mode = check_mode(mode)
@@ -136,7 +169,8 @@ class ReversibleStack(nn.Module):
         if self.mode != "backprop" and self.training and torch.is_grad_enabled() and len(blocks):
             params = list(blocks.parameters())  # deduplicated; walked once per call, on every training step
             if x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in params):
-                return _ReversibleStackFunction.apply(self, blocks, len(side), x1, x2, *side, *params)
+                run = _reversible_uncompiled() if torch.compiler.is_compiling() else _reversible
+                return run(self, blocks, side, x1, x2, params)
         for block in blocks:
             x1, x2 = block(x1, x2, *side)
         return x1, x2
