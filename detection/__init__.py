@@ -7,6 +7,15 @@ Names load on first use, so the ``revtransfer detect`` command group starts with
 """
 from __future__ import annotations
 
+import warnings
+
+# detectron2 (and fvcore) call torch.jit.script at import, which recent torch answers with a
+# FutureWarning per call: noise about a dependency, not about the user's run. Every module of this
+# package that imports detectron2 runs after this line.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+# detectron2's LazyConfig loader imports pkg_resources (setuptools' deprecation warning, same story).
+warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated", category=UserWarning)
+
 _EXPORTS = {
     "TimmHierarchical": "backbone", "TimmViT": "backbone", "add_timm_hierarchical_config": "backbone",
     "add_timm_vit_config": "backbone",

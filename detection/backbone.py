@@ -34,7 +34,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 
-from .checkpoint import BackboneCheckpointError, load_backbone_checkpoint
+from .checkpoint import NO_CHECKPOINT, BackboneCheckpointError, load_backbone_checkpoint
 from .errors import ConfigError
 
 SINGLE_SCALE = "single-scale image models (ViT, RevViT: vit_*, revvit_*)"
@@ -144,8 +144,7 @@ class TimmViT(_FrozenTimm):
         check_model(probe_model(model_name, model_kwargs), model_name, "TimmViT")
         kwargs = {"num_classes": 0, "dynamic_img_size": True, **dict(model_kwargs or {})}
         self.encoder = create_model(model_name, **kwargs)
-        if checkpoint:
-            load_backbone_checkpoint(self.encoder, checkpoint)
+        self.checkpoint_load = load_backbone_checkpoint(self.encoder, checkpoint) if checkpoint else dict(NO_CHECKPOINT)
         self.model_name = model_name
         self.patch_size = _patch_size(self.encoder)
         self.num_prefix_tokens = int(getattr(self.encoder, "num_prefix_tokens", 0))
@@ -236,9 +235,10 @@ class TimmHierarchical(_FrozenTimm):
         kwargs = {**dict(model_kwargs or {}), "img_size": int(img_size)}
         stages = hierarchical_features(model_name, kwargs)
         self.encoder = create_model(model_name, num_classes=0, **kwargs)
+        self.checkpoint_load = dict(NO_CHECKPOINT)
         if checkpoint:
             try:
-                load_backbone_checkpoint(self.encoder, checkpoint)
+                self.checkpoint_load = load_backbone_checkpoint(self.encoder, checkpoint)
             except BackboneCheckpointError as e:
                 if "rel_pos" not in str(e):
                     raise

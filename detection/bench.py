@@ -9,6 +9,7 @@ images with a few box+mask instances at the config's padded size), so no dataset
 from __future__ import annotations
 
 import resource
+from dataclasses import dataclass, field
 import statistics
 import time
 import torch
@@ -17,8 +18,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from revtransfer.atomic import atomic_write_json
-from revtransfer.bench.record import detect_step_record, records_to_dicts
-from revtransfer.provenance import git_commit, library_versions, utc_now
+from revtransfer.bench.record import detect_step_record, ratio_summary, records_to_dicts, summarize
+from revtransfer.provenance import provenance
 
 from .config import backbone_net, build_config
 
@@ -50,92 +51,144 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_variant(cfg, batch, iters: int, warmup: int, device: str, amp: bool) -> dict:
-    model = instantiate(cfg.model).to(device).train()
-    cfg.optimizer.params.model = model
-    optim = instantiate(cfg.optimizer)
-    del cfg.optimizer.params.model
-    net = backbone_net(model.backbone)
-    spans: list[float] = []
+@dataclass
+class Variant:
+    """One detector to time: a config, overrides on it, frozen or trainable backbone."""
 
-    def stamp(*_):  # a hook returning None leaves inputs and outputs alone
-        _sync(device)
-        spans.append(time.perf_counter())
+    label: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    frozen: bool = True
 
-    net.register_forward_pre_hook(stamp)
-    net.register_forward_hook(stamp)
-    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    rows = []
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    with EventStorage(0):
-        for i in range(warmup + iters):
-            spans.clear()
-            _sync(device)
-            t0 = time.perf_counter()
-            # bf16 autocast stands in for the trainer's fp16 AMP (no loss scaler needed for timing).
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-                losses = model(batch)
-            loss = sum(losses.values())
-            _sync(device)
-            t1 = time.perf_counter()
-            loss.backward()
-            _sync(device)
-            t2 = time.perf_counter()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            _sync(device)
-            t3 = time.perf_counter()
-            if i >= warmup:
-                bb = spans[1] - spans[0]
-                rows.append({"backbone_forward": bb, "rest_forward": t1 - t0 - bb, "backward": t2 - t1,
-                             "optimizer": t3 - t2, "total": t3 - t0})
-        # One more iteration under the profiler: which backward ops ran inside the backbone?
+
+class _Runner:
+    """A built detector with its optimizer, timed one training iteration at a time: forward (split
+    at the backbone by hooks), backward, optimizer step, under the trainer's autocast."""
+
+    def __init__(self, variant: Variant, batch_size: int, device: str | None):
+        from .train_net import training_precision
+
+        self.variant = variant
+        cfg = build_config(variant.config, device=device, overrides=list(variant.overrides))
+        backbone_net(cfg.model.backbone).freeze = variant.frozen
+        self.cfg, self.device = cfg, str(cfg.train.device)
+        self.precision = training_precision(cfg)
+        self.amp_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        self.size = int(cfg.model.backbone.get("square_pad") or 1024)
+        self.batch = synthetic_batch(batch_size, self.size, int(cfg.model.roi_heads.num_classes))
+        torch.manual_seed(0)
+        self.model = instantiate(cfg.model).to(self.device).train()
+        cfg.optimizer.params.model = self.model
+        self.optim = instantiate(cfg.optimizer)
+        del cfg.optimizer.params.model
+        self.net = backbone_net(self.model.backbone)
+        self.spans: list[float] = []
+        self.net.register_forward_pre_hook(self._stamp)
+        self.net.register_forward_hook(self._stamp)
+        self.before = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.rows: list[dict] = []
+
+    def _stamp(self, *_):  # a hook returning None leaves inputs and outputs alone
+        _sync(self.device)
+        self.spans.append(time.perf_counter())
+
+    def step(self) -> dict:
+        self.spans.clear()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        # The trainer's autocast (fp16's loss scaler is left out: it costs nothing to time).
+        with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.precision != "fp32"):
+            losses = self.model(self.batch)
+        loss = sum(v.float() for v in losses.values())
+        _sync(self.device)
+        t1 = time.perf_counter()
+        loss.backward()
+        _sync(self.device)
+        t2 = time.perf_counter()
+        self.optim.step()
+        self.optim.zero_grad(set_to_none=True)
+        _sync(self.device)
+        t3 = time.perf_counter()
+        bb = self.spans[1] - self.spans[0]
+        return {"backbone_forward": bb, "rest_forward": t1 - t0 - bb, "backward": t2 - t1,
+                "optimizer": t3 - t2, "total": t3 - t0}
+
+    def run(self, iters: int, keep: bool = True) -> list[dict]:
+        with EventStorage(0):
+            rows = [self.step() for _ in range(iters)]
+        if keep:
+            self.rows += rows
+        return rows
+
+    def finish(self) -> dict:
+        """Medians over every timed iteration, and (one more iteration, profiled) how many backward
+        ops ran inside the backbone: 0 when it is frozen."""
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            sum(model(batch).values()).backward()
-        optim.zero_grad(set_to_none=True)
-    backbone_bwd = sum(e.count for e in prof.key_averages()
-                       if "Backward" in e.key or "backward" in e.key
-                       if any(s in e.key for s in _BACKBONE_BACKWARD))
-    unchanged = all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    out = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    out = {f"{k}_s": round(v, 4) for k, v in out.items()}
-    out.update({
-        "backbone_backward_ops": int(backbone_bwd),
-        "backbone_params_trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
-        "backbone_weights_unchanged": bool(unchanged),
-        "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda")
-        else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda")
-        else "process peak RSS so far (cumulative over variants)",
-    })
-    return out
+        with EventStorage(0), profile(activities=[ProfilerActivity.CPU]) as prof:
+            sum(v.float() for v in self.model(self.batch).values()).backward()
+        self.optim.zero_grad(set_to_none=True)
+        backbone_bwd = sum(e.count for e in prof.key_averages()
+                           if "Backward" in e.key or "backward" in e.key
+                           if any(s in e.key for s in _BACKBONE_BACKWARD))
+        unchanged = all(torch.equal(self.before[k], v) for k, v in self.net.state_dict().items())
+        out = {f"{k}_s": round(statistics.median(r[k] for r in self.rows), 4) for k in self.rows[0]}
+        cuda = self.device.startswith("cuda")
+        out.update({
+            "backbone_backward_ops": int(backbone_bwd),
+            "backbone_params_trainable": sum(p.numel() for p in self.net.parameters() if p.requires_grad),
+            "backbone_weights_unchanged": bool(unchanged),
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda
+            else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_memory_kind": "cuda max_memory_allocated" if cuda
+            else "process peak RSS so far (cumulative over variants)",
+        })
+        return out
 
 
-def run_bench(config: str, out: str, iters: int = 5, warmup: int = 2, batch_size: int = 2,
-              device: str | None = None, compare_unfrozen: bool = True, overrides=()) -> dict:
-    cfg = build_config(config, device=device, overrides=list(overrides))
-    device = str(cfg.train.device)
-    amp = bool(cfg.train.amp.enabled) and device.startswith("cuda")
-    size = int(cfg.model.backbone.get("square_pad") or 1024)
-    batch = synthetic_batch(batch_size, size, int(cfg.model.roi_heads.num_classes))
-    arch = backbone_net(cfg.model.backbone).model_name
+def run_bench(variants: list[Variant], out: str, iters: int = 5, warmup: int = 2, batch_size: int = 2,
+              device: str | None = None, rounds: int = 1, progress=None) -> dict:
+    """Time every variant's training iteration, interleaved: each is built and warmed up, then in
+    each of ``rounds`` rounds every variant runs ``iters`` iterations, in an order rotated by one per
+    round, so a drift of the machine's speed falls on all alike. Records give samples/s min /
+    median / max over rounds; ratios (each variant over the first of the same arch) are taken
+    within rounds. Written atomically to ``out`` as a bench JSON (measure ``detect_step``)."""
+    if iters < 1 or rounds < 1:
+        raise ValueError(f"iters={iters} and rounds={rounds} must be at least 1")
+    runners = []
+    for v in variants:
+        runners.append(_Runner(v, batch_size, device))
+        runners[-1].run(warmup, keep=False)
+    per_round = [[0.0] * len(runners) for _ in range(rounds)]
+    for k in range(rounds):
+        for j in range(len(runners)):
+            i = (j + k) % len(runners)
+            rows = runners[i].run(iters)
+            per_round[k][i] = batch_size / statistics.median(r["total"] for r in rows)
+            if progress:
+                progress(f"round {k + 1}/{rounds} {runners[i].variant.label}: {per_round[k][i]:.2f} images/s")
+    records, ratios = [], []
+    for i, r in enumerate(runners):
+        timing = r.finish()
+        arch = backbone_net(r.cfg.model.backbone).model_name
+        rates = [per_round[k][i] for k in range(rounds)]
+        rec = detect_step_record(arch, "frozen" if r.variant.frozen else "unfrozen", timing, batch_size=batch_size,
+                                 device=r.device, precision=r.precision, image_size=r.size, config=r.variant.config,
+                                 variant=r.variant.label, overrides=list(r.variant.overrides))
+        rec.samples_per_s, rec.samples_per_s_all, rec.samples_per_s_rounds = (
+            statistics.median(rates), rates, summarize(rates))
+        rec.step_ms_median, rec.rounds = 1e3 * batch_size / rec.samples_per_s, rounds
+        records.append(rec)
+        first = next(j for j, q in enumerate(runners)
+                     if backbone_net(q.cfg.model.backbone).model_name == arch)
+        if first != i:
+            ratios.append(ratio_summary(rates, [per_round[k][first] for k in range(rounds)], model=arch,
+                                        numerator=r.variant.label, denominator=runners[first].variant.label))
     meta = {
-        "measure": "detect_step", "config": config, "image_size": size, "iters": iters, "warmup": warmup,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch_threads": torch.get_num_threads(), "overrides": list(overrides),
-        "git_commit": git_commit(), "versions": library_versions(), "date": utc_now(),
+        "measure": "detect_step", "iters": iters, "warmup": warmup, "rounds": rounds, "batch_size": batch_size,
+        "device_name": torch.cuda.get_device_name() if str(runners[0].device).startswith("cuda") else "cpu",
+        "torch_threads": torch.get_num_threads(), **provenance(),
     }
-    variants = ["frozen"] + (["unfrozen"] if compare_unfrozen else [])
-    records = []
-    for variant in variants:
-        backbone_net(cfg.model.backbone).freeze = variant == "frozen"
-        torch.manual_seed(0)
-        timing = _time_variant(cfg, batch, iters, warmup, device, amp)
-        records.append(detect_step_record(arch, variant, timing, batch_size=batch_size, device=device,
-                                          precision="bf16" if amp else "fp32", image_size=size, config=config))
-    doc = {"meta": meta, "records": records_to_dicts(records)}
+    doc = {"meta": meta, "records": records_to_dicts(records), "ratios": ratios}
     atomic_write_json(out, doc)
     return doc

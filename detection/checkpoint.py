@@ -22,10 +22,21 @@ class BackboneCheckpointError(CheckpointError):
     """A backbone checkpoint that is missing, unreadable, or does not fit the model; names the file."""
 
 
-def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load ``path`` into ``model``; what was loaded (keys matched, missing, unexpected), also logged,
+    so that a silently random backbone cannot pass unnoticed (``run.json`` records it)."""
     try:
         report = load_weights(model, path, drop_mismatched_head=True)
     except (CheckpointError, IncompatibleCheckpointError) as e:
         raise BackboneCheckpointError(f"backbone {e}") from e
-    logger.info("loaded backbone weights from %s (%s layout; skipped %s)", path, report.format,
-                ", ".join(report.dropped) or "nothing")
+    keys = set(model.state_dict())
+    loaded = {"path": str(path), "format": report.format, "keys_matched": len(keys - set(report.missing)),
+              "keys_in_model": len(keys), "missing": list(report.missing), "unexpected": list(report.dropped)}
+    logger.info("backbone checkpoint %s (%s layout): %d of %d keys matched; missing: %s; unexpected (skipped): %s",
+                path, report.format, loaded["keys_matched"], len(keys), ", ".join(report.missing) or "none",
+                ", ".join(report.dropped) or "none")
+    return loaded
+
+
+NO_CHECKPOINT = {"path": "", "format": None, "keys_matched": 0, "missing": [], "unexpected": [],
+                 "note": "no backbone checkpoint: the backbone keeps its random initialisation"}

@@ -16,13 +16,19 @@ _COMMON = [
     click.option("--val-json", type=click.Path(dir_okay=False), help="COCO json of the evaluation set."),
     click.option("--val-images", type=click.Path(), help="Folder of evaluation images, or images.npy."),
     click.option("--dataset", "dataset_dir", type=click.Path(file_okay=False),
-                 help="A clevr_gen dataset dir (coco.json + images) for both train and val; "
-                      "--train-*/--val-* take precedence."),
+                 help="A clevr_gen dataset dir (coco.json + images) to train on (and to evaluate on, unless "
+                      "--val-dataset names another); --train-*/--val-* take precedence."),
+    click.option("--val-dataset", "val_dataset_dir", type=click.Path(file_okay=False),
+                 help="A clevr_gen dataset dir to evaluate on: held-out images (e.g. made with another --seed)."),
+    click.option("--allow-train-eval", is_flag=True,
+                 help="Allow evaluating on the training set (refused otherwise: AP on training images says "
+                      "little about the features)."),
     click.option("--output-dir", type=click.Path(file_okay=False), help="Run directory (train.output_dir)."),
     click.option("--device", help="cpu or cuda (train.device)."),
     click.option("--seed", type=int, help="train.seed (default: the config's)."),
     click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True,
                  help="Where the shared results table (results.parquet/.csv) gets this run's row; '' for none."),
+    click.option("--tag", default="", help="A label of this run's part in a study (run.json and the results row)."),
     click.option("--num-gpus", type=int, default=1, show_default=True, help="Processes per machine."),
     click.option("--num-machines", type=int, default=1, show_default=True),
     click.option("--machine-rank", type=int, default=0, show_default=True),
@@ -42,13 +48,14 @@ def _run_args(kw: dict, **extra):
 
     from .train_net import RunArgs
 
-    d = kw.pop("dataset_dir", None)
-    if d:
-        d = Path(d)
-        for split in ("train", "val"):
-            kw[f"{split}_json"] = kw.get(f"{split}_json") or str(d / "coco.json")
-            kw[f"{split}_images"] = kw.get(f"{split}_images") or str(d)
+    d, v = kw.pop("dataset_dir", None), kw.pop("val_dataset_dir", None)
+    for split, folder in (("train", d), ("val", v or d)):
+        if folder:
+            kw[f"{split}_json"] = kw.get(f"{split}_json") or str(Path(folder) / "coco.json")
+            kw[f"{split}_images"] = kw.get(f"{split}_images") or str(folder)
     kw["overrides"] = list(kw.pop("overrides"))
+    if kw.pop("allow_train_eval", False):
+        kw["overrides"].append("datasets.allow_train_eval=True")
     kw["results_dir"] = kw.get("results_dir") or None
     return RunArgs(**kw, **extra)
 
@@ -68,6 +75,9 @@ def detect():
 @_common
 @click.option("--max-iter", type=int, help="Iterations (the LR schedule is rescaled to it).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --output-dir.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Training forward in fp32, or under bf16 / fp16 (CUDA) autocast (train.precision; "
+                   "default: the config's).")
 @click.option("--demo", is_flag=True, help="A CPU-sized run (few iterations, one evaluation at the end).")
 @launcher_options(gpus_per_task=False, extra=[
     click.option("--nodes", type=int, help="With --launcher slurm: machines.  [default: 1]"),
@@ -80,6 +90,9 @@ def train(**kw):
     \b
     revtransfer detect train ... --launcher slurm --nodes 2 --gpus-per-node 8 --partition gpu --wait
     """
+    precision = kw.pop("precision")
+    if precision:
+        kw["overrides"] = (*kw["overrides"], f"train.precision={precision}")
     nodes, gpus_per_node = kw.pop("nodes"), kw.pop("gpus_per_node")
     launcher, slurm, wait = pop_launcher_options(kw, slurm_only={"--nodes": nodes, "--gpus-per-node": gpus_per_node})
     if launcher == "slurm":
@@ -106,22 +119,49 @@ def eval_(weights, **kw):
 
 
 @detect.command()
-@click.option("--config", required=True, help="A config file or one of ours by name.")
-@click.option("--iters", type=int, default=5, show_default=True, help="Timed iterations (after warmup).")
+@click.option("--config", "configs", required=True, multiple=True,
+              help="A config file or one of ours by name (repeatable: e.g. both archs, timed interleaved).")
+@click.option("--variant", "variants", multiple=True, metavar="LABEL=OVERRIDES",
+              help="Also time each config with these space-separated overrides under LABEL (repeatable), e.g. "
+                   "'fp32=train.precision=fp32'. Without it each config is timed as it is.")
+@click.option("--iters", type=int, default=5, show_default=True, help="Timed iterations per round (after warmup).")
 @click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--rounds", type=int, default=1, show_default=True,
+              help="Every variant runs once per round, interleaved; min / median / max over rounds.")
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @click.option("--device", help="cpu or cuda (default: the config's).")
 @click.option("--compare-unfrozen/--no-compare-unfrozen", default=True, show_default=True,
-              help="Also time the same detector with a trainable backbone, for reference.")
+              help="Also time each config with a trainable backbone, for reference.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
 @click.argument("overrides", nargs=-1)
-def bench(**kw):
-    """Seconds per iteration split into backbone forward, rest of forward, backward and step, plus peak
-    memory and the number of backward ops that ran inside the backbone (0 when frozen)."""
-    from .bench import run_bench
+def bench(configs, variants, iters, warmup, rounds, batch_size, device, compare_unfrozen, out, overrides):
+    """Seconds per training iteration split into backbone forward, rest of forward, backward and
+    step, plus peak memory and the number of backward ops that ran inside the backbone (0 when
+    frozen); several configs and variants are timed interleaved, over rounds.
 
-    kw["overrides"] = list(kw["overrides"])
-    _print(run_bench(**kw))
+    \b
+    revtransfer detect bench --config clevr_mask_rcnn_vit_micro_frozen --config clevr_mask_rcnn_revvit_micro_frozen \\
+        --variant "fp32=train.precision=fp32" --batch-size 8 --rounds 3 --out bench.json
+    """
+    from .bench import Variant, run_bench
+
+    common = list(overrides)
+    parsed = []
+    for text in variants:
+        label, sep, rest = text.partition("=")
+        if not sep or not label.strip():
+            raise click.BadParameter(f"{text!r}: give LABEL=OVERRIDES, e.g. 'fp32=train.precision=fp32'",
+                                     param_hint="--variant")
+        parsed.append((label.strip(), rest.split()))
+    todo = []
+    for config in configs:
+        name = config.rsplit("/", 1)[-1].removesuffix(".py")
+        todo.append(Variant(name, config, common))
+        todo += [Variant(f"{name}:{label}", config, common + extra) for label, extra in parsed]
+        if compare_unfrozen:
+            todo.append(Variant(f"{name}:unfrozen", config, common, frozen=False))
+    _print(run_bench(todo, out, iters=iters, warmup=warmup, batch_size=batch_size, device=device, rounds=rounds,
+                     progress=lambda line: click.echo(line, err=True)))
 
 
 def _train_on_slurm(args, options, nodes, gpus_per_node, wait):

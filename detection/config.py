@@ -147,10 +147,45 @@ def backbone_net(backbone):
                       "'bottom_up' (FPN)")
 
 
+def _same_data(a_json: str, a_images: str, b_json: str, b_images: str) -> str | None:
+    """Why two datasets given by path are the same data (the same json file, or the same clevr_gen
+    dataset: equal manifests, i.e. spec and seed), else None."""
+    if Path(a_json).resolve() == Path(b_json).resolve():
+        return f"both use {b_json}"
+    dirs = []
+    for images in (a_images, b_images):
+        p = Path(images)
+        p = p.parent if p.suffix == ".npy" else p
+        dirs.append(p if (p / "manifest.json").is_file() else None)
+    if all(dirs):
+        from revtransfer.data import read_manifest
+
+        keys = [{k: read_manifest(d).get(k) for k in ("spec", "seed", "n")} for d in dirs]
+        if keys[0] == keys[1]:
+            return f"{dirs[0]} and {dirs[1]} are the same clevr_gen dataset (same spec and seed)"
+    return None
+
+
+def check_held_out(cfg) -> None:
+    """Detection is evaluated on held-out images: a test set that is the training set is refused
+    unless ``datasets.allow_train_eval`` is set (``--allow-train-eval``)."""
+    train, test = cfg.datasets.train, cfg.datasets.test
+    if not (train.get("json") and test.get("json")):
+        same = train.name == test.name and not train.get("json") and not test.get("json")
+        why = f"both are the registered dataset {train.name!r}" if same else None
+    else:
+        why = _same_data(train.json, train.images, test.json, test.images)
+    if why and not cfg.datasets.get("allow_train_eval", False):
+        raise ConfigError(f"the evaluation set is the training set ({why}): evaluate on held-out images "
+                          "(e.g. a clevr_gen set made with another --seed), or pass --allow-train-eval to "
+                          "measure training-set AP on purpose")
+
+
 def prepare(cfg) -> None:
     """Register the config's datasets by path, size the class head from the training json and check
     the backbone's model and padding (:func:`check_backbone`). Runs in every process (catalogs are
-    per-process)."""
+    per-process). A test set that is the training set is refused (:func:`check_held_out`)."""
+    check_held_out(cfg)
     for split in ("train", "test"):
         ds = cfg.datasets[split]
         if ds.get("json"):

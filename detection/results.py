@@ -23,15 +23,28 @@ def metrics_columns(metrics: dict) -> dict:
             for task, prefix in TASK_PREFIX.items() for m in SUMMARY_METRICS}
 
 
+def backbone_role(info: dict) -> str:
+    """What a run's backbone is in a study: ``frozen`` (pretrained weights, frozen: the measure),
+    ``floor`` (frozen at random initialisation: what the heads learn alone) or ``ceiling``
+    (trainable: fine-tuned from its weights)."""
+    if not info.get("frozen", True):
+        return "ceiling"
+    return "frozen" if info.get("backbone_checkpoint") else "floor"
+
+
 def detection_row(info: dict, metrics: dict) -> dict:
     """One table row from a run's ``run.json`` content and its AP dict."""
     vers = info.get("versions", {})
+    load = info.get("backbone_load") or {}
     cell = f"{info['mode']}:{os.path.abspath(info['output_dir'])}" + (f":{info['weights']}" if info.get("weights") else "")
     return {
         "sweep": SWEEP, "cell_id": cell, "status": "ok",
         "arch": info["arch"], "seed": info["seed"], "dataset": info["dataset"],
         "config": info["config"], "mode": info["mode"], "iterations": info["iterations"],
         "backbone_checkpoint": info["backbone_checkpoint"], "frozen": info["frozen"],
+        "backbone_role": backbone_role(info), "tag": info.get("tag", ""),
+        "backbone_keys_matched": load.get("keys_matched"), "precision": info.get("precision"),
+        "box_AP_change_last_fifth": info.get("box_AP_change_last_fifth"),
         "val_dataset": info["val_dataset"], "batch_size": info["batch_size"],
         **metrics_columns(metrics),
         "wall_time_s": info["wall_time_s"], "device": info["device"], "world_size": info["world_size"],

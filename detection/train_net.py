@@ -11,6 +11,7 @@ Files of a run (``train.output_dir``): ``config.yaml`` (the full config, reloada
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ from revtransfer.provenance import git_commit, library_versions, utc_now
 
 from . import results as results_table
 from .config import backbone_net, build_config, prepare
+from .errors import ConfigError
 
 logger = logging.getLogger("detectron2")
 
@@ -55,6 +57,7 @@ class RunArgs:
     demo: bool = False
     resume: bool = False
     results_dir: str | None = None  # where results.parquet/.csv live; None: no row
+    tag: str = ""  # a label of the run's part in a study (e.g. width-control), recorded in run.json and the row
     overrides: list[str] = field(default_factory=list)
     num_gpus: int = 1
     num_machines: int = 1
@@ -106,6 +109,76 @@ def _ddp(model, **kwargs):
     return create_ddp_model(model, **kwargs)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_HISTORY = "eval_history.json"
+
+
+def read_eval_history(output_dir) -> list[dict]:
+    path = Path(output_dir) / EVAL_HISTORY
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def change_over_last_fifth(history: list[dict], max_iter: int, key: str = "bbox_AP") -> float | None:
+    """AP at the end minus AP at the last evaluation at or before 80% of training (None without one):
+    a run converged when this is small."""
+    if not history or history[-1]["iteration"] < max_iter:
+        return None
+    earlier = [h for h in history if h["iteration"] <= 0.8 * max_iter]
+    return round(history[-1][key] - earlier[-1][key], 3) if earlier else None
+
+
+def training_precision(cfg) -> str:
+    """``train.precision`` (fp32, bf16, fp16); configs without it follow detectron2's
+    ``train.amp.enabled`` (fp16 AMP, on CUDA only)."""
+    precision = cfg.train.get("precision")
+    cuda = str(cfg.train.device).startswith("cuda")
+    if precision is None:
+        return "fp16" if cfg.train.amp.enabled and cuda else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and not cuda:
+        raise ConfigError("train.precision=fp16 needs CUDA (its loss scaling); on a CPU use bf16")
+    return precision
+
+
+class AutocastTrainer(SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` with the forward under ``torch.autocast(device, bf16)``: on a
+    CPU with bf16 units (AMX, AVX512-BF16) the heads' convolutions run in bf16. bf16 keeps float32's
+    range, so no loss scaling; backward and the optimizer step run outside autocast, as torch
+    recommends. The step is ``SimpleTrainer.run_step`` with that one change."""
+
+    def __init__(self, model, data_loader, optimizer, device_type: str, dtype=torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.device_type, self.dtype = device_type, dtype
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            losses = loss_dict
+            loss_dict = {"total_loss": loss_dict}
+        else:
+            losses = sum(v.float() for v in loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def make_trainer(cfg, model, train_loader, optim):
+    precision = training_precision(cfg)
+    if precision == "fp16":
+        return AMPTrainer(model, train_loader, optim)
+    if precision == "bf16":
+        return AutocastTrainer(model, train_loader, optim, str(cfg.train.device).split(":")[0])
+    return SimpleTrainer(model, train_loader, optim)
+
+
 def do_train(cfg, resume: bool = False) -> dict:
     """detectron2's LazyConfig training loop; returns the last evaluation's results."""
     model = build_model(cfg)
@@ -114,13 +187,18 @@ def do_train(cfg, resume: bool = False) -> dict:
     del cfg.optimizer.params.model  # keep the config serialisable
     train_loader = instantiate(cfg.dataloader.train)
     model = _ddp(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    trainer = make_trainer(cfg, model, train_loader, optim)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last: dict = {}
+    history = read_eval_history(cfg.train.output_dir) if resume else []
 
     def evaluate():
         last.clear()
         last.update(do_test(cfg, model))
+        if comm.is_main_process():  # held-out AP against iterations: the convergence evidence
+            history.append({"iteration": trainer.iter + 1, **{f"{t}_AP": float(last.get(t, {}).get("AP", float("nan")))
+                                                              for t in ("bbox", "segm")}})
+            atomic_write_json(Path(cfg.train.output_dir) / EVAL_HISTORY, history)
         return last
 
     trainer.register_hooks([
@@ -134,7 +212,7 @@ def do_train(cfg, resume: bool = False) -> dict:
     # The checkpoint stores the iteration that just finished: continue with the next one.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)  # PeriodicCheckpointer writes model_final.pth last
-    return dict(last)
+    return dict(last), model
 
 
 def run(args: RunArgs) -> dict:
@@ -154,14 +232,15 @@ def run(args: RunArgs) -> dict:
         model = _ddp(model)
         metrics = do_test(cfg, model)
     else:
-        metrics = do_train(cfg, resume=args.resume)
+        metrics, model = do_train(cfg, resume=args.resume)
     wall = time.time() - start
     if comm.is_main_process():
-        record_run(cfg, args, metrics, wall)
+        inner = getattr(model, "module", model)
+        record_run(cfg, args, metrics, wall, getattr(backbone_net(inner.backbone), "checkpoint_load", None))
     return metrics
 
 
-def run_info(cfg, args: RunArgs, wall_time_s: float | None = None) -> dict:
+def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load: dict | None = None) -> dict:
     """What ``run.json`` records: the run's identity, seed, data, and provenance."""
     net = backbone_net(cfg.model.backbone)
     train, test = cfg.datasets.train, cfg.datasets.test
@@ -170,6 +249,7 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None) -> dict:
         "config": str(args.config),
         "arch": net.model_name,
         "backbone_checkpoint": net.checkpoint or "",
+        "backbone_load": backbone_load,  # keys matched / missing / unexpected (detection.checkpoint)
         "frozen": bool(net.get("freeze", True)),
         "dataset": train.get("json") or train.name,
         "val_dataset": test.get("json") or test.name,
@@ -185,14 +265,18 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None) -> dict:
         "versions": library_versions(),
         "command": " ".join(sys.argv),
         "overrides": list(args.overrides),
+        "tag": args.tag,
+        "box_AP_change_last_fifth": change_over_last_fifth(read_eval_history(cfg.train.output_dir),
+                                                           int(cfg.train.max_iter)),
+        "precision": training_precision(cfg),
         "finished_at": utc_now(),
     }
 
 
-def record_run(cfg, args: RunArgs, metrics: dict, wall_time_s: float) -> dict:
+def record_run(cfg, args: RunArgs, metrics: dict, wall_time_s: float, backbone_load: dict | None = None) -> dict:
     """Write run.json and eval_results.json; append the run's row to the results table."""
     out = Path(cfg.train.output_dir)
-    info = run_info(cfg, args, wall_time_s)
+    info = run_info(cfg, args, wall_time_s, backbone_load)
     atomic_write_json(out / "run.json", info)
     atomic_write_json(out / "eval_results.json", metrics)
     if args.results_dir:

@@ -87,3 +87,26 @@ def bench_curves(bench: pd.DataFrame, path: Path, metric: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+_ROLE_STYLE = {"frozen": dict(ls="-"), "floor": dict(ls=":"), "ceiling": dict(ls="--")}
+
+
+def detection_curves(curves: pd.DataFrame, path: Path) -> Path:
+    """Held-out box and mask AP against training iterations, one line per run: frozen pretrained
+    (solid), random-init floor (dotted), fine-tuned ceiling (dashed), colour by arch."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    for (run, arch, role), g in curves.groupby(["run_dir", "arch", "backbone_role"], sort=True):
+        g = g.sort_values("iteration")
+        style = dict(_ARCH_STYLE.get(arch, dict(label=arch, marker="o")))
+        style.update(_ROLE_STYLE.get(role, {}), label=f"{style.get('label', arch)} {role}", markersize=3)
+        for ax, col in zip(axes, ("bbox_AP", "segm_AP")):
+            ax.plot(g["iteration"], g[col], **style)
+    for ax, what in zip(axes, ("box AP", "mask AP")):
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel(f"held-out {what}")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axes[1].legend(unique.values(), unique.keys(), fontsize=7)
+    return _save(fig, path)

@@ -124,9 +124,38 @@ def detection_table(results: pd.DataFrame) -> pd.DataFrame:
     if results.empty or "box_AP" not in results:
         return pd.DataFrame()
     rows = results[results["box_AP"].notna()]
-    keep = [c for c in ("arch", "dataset", "config", "iterations", "box_AP", "box_AP50", "mask_AP", "mask_AP50",
-                        "wall_time_s", "git_commit") if c in rows]
+    keep = [c for c in ("arch", "backbone_role", "tag", "seed", "dataset", "val_dataset", "config", "iterations",
+                        "box_AP", "box_AP50", "mask_AP", "mask_AP50", "wall_time_s", "git_commit") if c in rows]
     return rows[keep].reset_index(drop=True)
+
+
+def detection_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Box and mask AP per (tag, arch, backbone role): mean, SD and number of runs (seeds)."""
+    rows = results[results["box_AP"].notna()] if "box_AP" in results else pd.DataFrame()
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(tag=rows["tag"].fillna("") if "tag" in rows else "",
+                       backbone_role=rows["backbone_role"] if "backbone_role" in rows else "frozen")
+    out = rows.groupby(["tag", "arch", "backbone_role"]).agg(
+        runs=("box_AP", "size"), iterations=("iterations", "max"), box_AP=("box_AP", "mean"),
+        box_AP_sd=("box_AP", "std"), mask_AP=("mask_AP", "mean"), mask_AP_sd=("mask_AP", "std")).reset_index()
+    order = {"frozen": 0, "floor": 1, "ceiling": 2}
+    return out.sort_values(["tag", "arch", "backbone_role"], key=lambda c: c.map(order) if c.name == "backbone_role"
+                           else c).reset_index(drop=True)
+
+
+def detection_curves(results: pd.DataFrame) -> pd.DataFrame:
+    """Held-out AP against iterations of every detection run whose dir still holds eval_history.json."""
+    if "box_AP" not in results or "run_dir" not in results:
+        return pd.DataFrame()
+    frames = []
+    for r in results[results["box_AP"].notna()].itertuples():
+        path = Path(str(r.run_dir)) / "eval_history.json"
+        if path.exists():
+            h = pd.DataFrame(json.loads(path.read_text()))
+            frames.append(h.assign(run_dir=str(r.run_dir), arch=r.arch,
+                                   backbone_role=getattr(r, "backbone_role", "frozen") or "frozen"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def load_bench(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:

@@ -15,6 +15,7 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.solver import WarmupParamScheduler
 
+from detection.layers import LayerNorm2d
 from detection.pyramid import MaxPoolTopBlock
 
 from .vitdet_frozen import dataloader, datasets, model, optimizer, train
@@ -30,6 +31,8 @@ model.backbone.out_channels = width
 model.backbone.scale_factors = (2.0, 1.0, 0.5)
 model.backbone.top_block = L(MaxPoolTopBlock)(in_feature="p3")
 model.backbone.square_pad = image_size
+# ViTDet's channels-first LayerNorm ("LN"), as one fused op: the same function, a faster CPU step.
+model.backbone.norm = LayerNorm2d
 # ViT-Micro/RevViT-Micro were pretrained on images normalised with mean 0.5, std 0.5.
 model.pixel_mean = [127.5, 127.5, 127.5]
 model.pixel_std = [127.5, 127.5, 127.5]
@@ -63,6 +66,7 @@ def small_object_heads(model, levels, strides):
     roi.box_predictor.test_topk_per_image = 50
     roi.mask_head.input_shape = ShapeSpec(channels=width, height=14, width=14)
     roi.mask_head.conv_dims = [width] * 5
+    roi.box_head.conv_norm = roi.mask_head.conv_norm = LayerNorm2d
 
 
 small_object_heads(model, levels=("p1", "p2", "p3", "p4"), strides=(2, 4, 8, 16))
@@ -84,7 +88,9 @@ dataloader.test.num_workers = 1
 
 # --- schedule ------------------------------------------------------------------------------------
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
-train.amp.enabled = train.device == "cuda"
+# The training forward under bf16 autocast, on a CPU (AMX / AVX512-BF16) or a GPU; evaluation in fp32.
+train.precision = "bf16"
+train.amp.enabled = False
 train.ddp.fp16_compression = False
 train.max_iter = 3000
 train.eval_period = 1000

@@ -49,6 +49,8 @@ dataloader.evaluator = L(FastCOCOEvaluator)(
 datasets = dict(
     train=dict(name="coco_2017_train", json="", images=""),
     test=dict(name="coco_2017_val", json="", images=""),
+    # Evaluating on the training set is refused (detection.config.check_held_out) unless this is set.
+    allow_train_eval=False,
 )
 dataloader.train.dataset.names = "${datasets.train.name}"
 dataloader.test.dataset.names = "${datasets.test.name}"
@@ -56,6 +58,7 @@ dataloader.test.dataset.names = "${datasets.test.name}"
 # --- schedule: ViTDet's 100 epochs ---------------------------------------------------------------
 train = model_zoo.get_config("common/train.py").train
 train.amp.enabled = True
+train.precision = None  # fp32 / bf16 / fp16 (detection.train_net.training_precision); None: as amp.enabled
 train.ddp.fp16_compression = True
 train.init_checkpoint = ""  # a whole-detector checkpoint; backbone weights go in model.backbone.net
 train.max_iter = 184375  # 100 ep = 184375 iters * 64 images/iter / 118000 images/ep

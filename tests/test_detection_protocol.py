@@ -1,0 +1,140 @@
+"""The detection protocol's contracts: held-out evaluation (training-set evaluation refused unless
+asked for), the fused LayerNorm is detectron2's LN, bf16 autocast training on a CPU, what a run
+records about its backbone checkpoint and its convergence, and the rules of claim (c) on synthetic
+rows whose true difference is known."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from detection import ConfigError, build_config, prepare
+from detection.layers import LayerNorm2d
+from detection.train_net import change_over_last_fifth, training_precision
+from revtransfer.cli import main
+from revtransfer.report.detection_claim import judge_detection
+
+TINY = "model.backbone.net.model_kwargs={patch_size:4,embed_dim:32,depth:1,num_heads:2,img_size:32}"
+
+
+def _cfg(train, val, *extra):
+    return build_config("clevr_mask_rcnn_vit_micro_frozen", train_json=str(train / "coco.json"),
+                        train_images=str(train), val_json=str(val / "coco.json"), val_images=str(val), device="cpu",
+                        overrides=[TINY, "model.backbone.square_pad=32", *extra])
+
+
+def test_evaluating_on_the_training_set_is_refused_unless_asked_for(clevr_coco, tmp_path):
+    import shutil
+
+    with pytest.raises(ConfigError, match="the evaluation set is the training set"):
+        prepare(_cfg(clevr_coco, clevr_coco))
+    copy = tmp_path / "copy"  # the same clevr_gen dataset under another path: still the training set
+    shutil.copytree(clevr_coco, copy)
+    with pytest.raises(ConfigError, match="same clevr_gen dataset"):
+        prepare(_cfg(clevr_coco, copy))
+    prepare(_cfg(clevr_coco, clevr_coco, "datasets.allow_train_eval=True"))  # on purpose: allowed
+
+
+def test_the_cli_refuses_training_set_evaluation_with_one_line(clevr_coco, tmp_path):
+    res = CliRunner().invoke(main, ["detect", "train", "--config", "clevr_mask_rcnn_vit_micro_frozen", "--dataset",
+                                    str(clevr_coco), "--output-dir", str(tmp_path / "o"), "--device", "cpu",
+                                    "--max-iter", "1", "--results-dir", "", TINY, "model.backbone.square_pad=32"])
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: the evaluation set is the training set") and "--allow-train-eval" in res.output
+
+
+def test_fused_layernorm_is_detectron2s_channels_first_layernorm():
+    from detectron2.layers.batch_norm import LayerNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64, requires_grad=True)
+    ref, ours = LayerNorm(8).double(), LayerNorm2d(8).double()
+    with torch.no_grad():
+        ref.weight.normal_(), ref.bias.normal_()
+    ours.load_state_dict(ref.state_dict())  # the same parameter names: checkpoints load either way
+    y_ref, y = ref(x), ours(x)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    g = torch.randn_like(y)
+    grads_ref = torch.autograd.grad(y_ref, (x, ref.weight, ref.bias), g)
+    grads = torch.autograd.grad(y, (x, ours.weight, ours.bias), g)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, grads_ref))
+
+
+def test_training_precision_follows_the_config(clevr_coco, tmp_path):
+    val = tmp_path / "val"
+    import shutil
+
+    shutil.copytree(clevr_coco, val)
+    cfg = build_config("clevr_mask_rcnn_vit_micro_frozen", device="cpu")
+    assert training_precision(cfg) == "bf16"  # the CPU micro configs train under bf16 autocast
+    assert training_precision(build_config("clevr_mask_rcnn_vit_micro_frozen", device="cpu",
+                                           overrides=["train.precision=fp32"])) == "fp32"
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        training_precision(build_config("clevr_mask_rcnn_vit_micro_frozen", device="cpu",
+                                        overrides=["train.precision=fp16"]))
+    coco = build_config("coco_mask_rcnn_vit_small_frozen", device="cpu")
+    assert training_precision(coco) == "fp32"  # paper-scale configs: detectron2's AMP, on CUDA only
+
+
+def test_change_over_the_last_fifth():
+    hist = [{"iteration": i, "bbox_AP": ap} for i, ap in ((200, 10.0), (400, 20.0), (800, 30.0), (1000, 30.5))]
+    assert change_over_last_fifth(hist, 1000) == 0.5
+    assert change_over_last_fifth(hist[:2], 1000) is None  # the run did not finish
+    assert change_over_last_fifth([{"iteration": 1000, "bbox_AP": 3.0}], 1000) is None  # one evaluation only
+
+
+def _rows(effect_box: float, effect_mask: float, n: int = 6, sd: float = 1.0, seed: int = 0, tag: str = ""):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for arch, (eb, em) in (("vit_micro", (0.0, 0.0)), ("revvit_micro", (effect_box, effect_mask))):
+        for s in range(n):
+            rows.append({"arch": arch, "seed": s, "backbone_role": "frozen", "tag": tag,
+                         "box_AP": 40 + eb + rng.normal(0, sd), "mask_AP": 35 + em + rng.normal(0, sd),
+                         "box_AP_change_last_fifth": 0.2})
+    rows.append({"arch": "vit_micro", "seed": 0, "backbone_role": "floor", "tag": tag, "box_AP": 90.0,
+                 "mask_AP": 90.0})  # a floor row is no evidence for (c)
+    return pd.DataFrame(rows)
+
+
+def test_claim_c_rules_on_synthetic_rows():
+    assert judge_detection(_rows(5, 5))["verdict"] == "reproduced"
+    assert judge_detection(_rows(5, -5))["verdict"] == "refuted"  # worse in mask AP: not >= in both
+    assert judge_detection(_rows(5, 0.0))["verdict"] == "inconclusive"
+    one = judge_detection(_rows(5, 5, n=1))
+    assert one["verdict"] == "inconclusive" and "fewer than 2" in one["evidence"]
+    assert judge_detection(_rows(5, 5), tag="width-control")["n_reversible"] == 0  # tags are separate studies
+    assert judge_detection(_rows(5, 5))["converged"] == "all"
+
+
+def test_claim_c_rarely_reproduces_a_null_difference():
+    verdicts = [judge_detection(_rows(0.0, 0.0, n=5, seed=s))["verdict"] for s in range(40)]
+    assert verdicts.count("reproduced") <= 2  # both one-sided tests at 0.025: ~0.1% expected
+
+
+def test_the_report_shows_floor_ceiling_curves_and_the_verdict(tmp_path):
+    import json
+
+    from revtransfer.report.build import build_report
+    from revtransfer.results import ResultsTable
+
+    rows = _rows(5, 5, n=5)
+    rows = pd.concat([rows, pd.DataFrame([{"arch": "revvit_micro", "seed": 0, "backbone_role": "ceiling", "tag": "",
+                                            "box_AP": 60.0, "mask_AP": 55.0}])], ignore_index=True)
+    records = []
+    for i, r in enumerate(rows.to_dict("records")):
+        run = tmp_path / "runs" / f"r{i}"
+        run.mkdir(parents=True)
+        (run / "eval_history.json").write_text(json.dumps(
+            [{"iteration": it, "bbox_AP": r["box_AP"] * it / 1000, "segm_AP": r["mask_AP"] * it / 1000}
+             for it in (200, 600, 1000)]))
+        records.append({**r, "sweep": "detection", "cell_id": f"c{i}", "status": "ok", "iterations": 1000,
+                        "run_dir": str(run)})
+    ResultsTable(tmp_path / "res").upsert(records)
+    readme = build_report(tmp_path / "report", results=[tmp_path / "res"]).read_text()
+    assert "Claim (c)" in readme and "| reproduced |" in readme
+    assert "floor" in readme and "ceiling" in readme
+    assert (tmp_path / "report" / "detection_ap.png").stat().st_size > 0
+    summary = pd.read_csv(tmp_path / "report" / "detection_summary.csv")
+    assert set(summary["backbone_role"]) == {"frozen", "floor", "ceiling"}
