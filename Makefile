@@ -38,3 +38,11 @@ demo: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Engine and model tests against torch 2.4 (the floor in pyproject.toml) and 2.11 (the GPU machine's),
+# each in a cached venv outside the repo (${REVTRANSFER_CACHE:-~/.cache/revtransfer}); see .ci/torch_matrix.sh.
+# `make test-torch-matrix TORCH_MATRIX=2.4` runs one version.
+.PHONY: test-torch-matrix
+TORCH_MATRIX ?=
+test-torch-matrix:
+	PYTHON=$(PYTHON) .ci/torch_matrix.sh $(TORCH_MATRIX)
