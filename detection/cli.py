@@ -28,6 +28,7 @@ _COMMON = [
     click.option("--seed", type=int, help="train.seed (default: the config's)."),
     click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True,
                  help="Where the shared results table (results.parquet/.csv) gets this run's row; '' for none."),
+    click.option("--image-size", type=int, help="Detect at this square size (default: the config's)."),
     click.option("--tag", default="", help="A label of this run's part in a study (run.json and the results row)."),
     click.option("--num-gpus", type=int, default=1, show_default=True, help="Processes per machine."),
     click.option("--num-machines", type=int, default=1, show_default=True),

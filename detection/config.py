@@ -75,6 +75,23 @@ def set_max_iter(cfg, max_iter: int) -> None:
         lr.warmup_length = min(warmup_iters, max_iter / 4) / max_iter
 
 
+def set_image_size(cfg, size: int) -> None:
+    """Detect at ``size`` x ``size``: the padded square and the train / test resizing and cropping
+    (LSJ-style ResizeScale + FixedSizeCrop, ResizeShortestEdge) follow it."""
+    size = int(size)
+    if size < 8:
+        raise ConfigError(f"image size {size}: must be at least 8 pixels")
+    cfg.model.backbone.square_pad = size
+    for aug in cfg.dataloader.train.mapper.augmentations:
+        if "target_height" in aug:
+            aug.target_height = aug.target_width = size
+        if "crop_size" in aug:
+            aug.crop_size = (size, size)
+    for aug in cfg.dataloader.test.mapper.augmentations:
+        if "short_edge_length" in aug:
+            aug.short_edge_length = aug.max_size = size
+
+
 def build_config(
     name_or_path: str | Path,
     *,
@@ -88,6 +105,7 @@ def build_config(
     device: str | None = None,
     seed: int | None = None,
     demo: bool = False,
+    image_size: int | None = None,
     overrides: Sequence[str] = (),
 ):
     """Load a config and fill in a run's specifics; explicit ``overrides`` are applied last, a
@@ -113,6 +131,8 @@ def build_config(
         cfg.train.output_dir = str(output_dir)
     if device is not None:
         cfg.train.device = device
+    if image_size is not None:
+        set_image_size(cfg, image_size)
     if seed is not None:
         cfg.train.seed = int(seed)
     rest = []

@@ -57,6 +57,7 @@ class RunArgs:
     demo: bool = False
     resume: bool = False
     results_dir: str | None = None  # where results.parquet/.csv live; None: no row
+    image_size: int | None = None  # detect at this square size (padding and resizing follow it)
     tag: str = ""  # a label of the run's part in a study (e.g. width-control), recorded in run.json and the row
     overrides: list[str] = field(default_factory=list)
     num_gpus: int = 1
@@ -70,7 +71,7 @@ def load_run_config(args: RunArgs):
         args.config, backbone_checkpoint=args.backbone_checkpoint, train_json=args.train_json,
         train_images=args.train_images, val_json=args.val_json, val_images=args.val_images,
         output_dir=args.output_dir, max_iter=args.max_iter, device=args.device, seed=args.seed,
-        demo=args.demo, overrides=args.overrides)
+        demo=args.demo, image_size=args.image_size, overrides=args.overrides)
     prepare(cfg)
     return cfg
 
@@ -191,13 +192,16 @@ def do_train(cfg, resume: bool = False) -> dict:
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last: dict = {}
     history = read_eval_history(cfg.train.output_dir) if resume else []
+    started = time.perf_counter() - (history[-1].get("wall_s", 0.0) if history else 0.0)
 
     def evaluate():
         last.clear()
         last.update(do_test(cfg, model))
-        if comm.is_main_process():  # held-out AP against iterations: the convergence evidence
-            history.append({"iteration": trainer.iter + 1, **{f"{t}_AP": float(last.get(t, {}).get("AP", float("nan")))
-                                                              for t in ("bbox", "segm")}})
+        if comm.is_main_process():  # held-out AP against iterations and time: the convergence evidence
+            # iterations done: trainer.iter + 1 after a step, trainer.iter (== max_iter) after training
+            done_iters = min(trainer.iter + 1, int(cfg.train.max_iter))
+            history.append({"iteration": done_iters, "wall_s": round(time.perf_counter() - started, 1),
+                            **{f"{t}_AP": float(last.get(t, {}).get("AP", float("nan"))) for t in ("bbox", "segm")}})
             atomic_write_json(Path(cfg.train.output_dir) / EVAL_HISTORY, history)
         return last
 

@@ -11,8 +11,10 @@ from click.testing import CliRunner
 
 from revtransfer import cli
 
-# What `revtransfer --help` listed before the commands became plugins: the same set, still.
-EXPECTED = {"gen", "pretrain", "probe", "sweep", "ladder", "detect", "bench", "bench-reconstruction", "report", "demo"}
+# What `revtransfer --help` listed before the commands became plugins (the same set, still), and the
+# detection ladder added since.
+EXPECTED = {"gen", "pretrain", "probe", "sweep", "ladder", "detect", "bench", "bench-reconstruction", "report", "demo",
+            "detect-ladder"}
 
 
 def test_the_command_lists_the_library_commands_and_the_installed_plugins():

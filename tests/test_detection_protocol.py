@@ -4,6 +4,8 @@ records about its backbone checkpoint and its convergence, and the rules of clai
 rows whose true difference is known."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -138,3 +140,31 @@ def test_the_report_shows_floor_ceiling_curves_and_the_verdict(tmp_path):
     assert (tmp_path / "report" / "detection_ap.png").stat().st_size > 0
     summary = pd.read_csv(tmp_path / "report" / "detection_summary.csv")
     assert set(summary["backbone_role"]) == {"frozen", "floor", "ceiling"}
+
+
+@pytest.mark.slow
+def test_the_detection_ladder_runs_frozen_floor_and_ceiling_and_resumes(tmp_path, study_dataset):
+    from revtransfer.train import PretrainConfig, pretrain
+
+    run = tmp_path / "pre"
+    pretrain(PretrainConfig(dataset=str(study_dataset), out=str(run), arch="vit_micro", epochs=1, batch_size=32,
+                            val_frac=0.25, device="cpu", model_kwargs=dict(patch_size=4, embed_dim=32, depth=1,
+                                                                           num_heads=2)), progress=False)
+    args = ["detect-ladder", "--backbone", f"vit_micro={run}", "--iters", "2", "--eval-period", "1",
+            "--ceiling-iters", "1", "--train-n", "12", "--val-n", "6", "--size", "32", "--batch-size", "2",
+            "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--no-progress",
+            "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(tmp_path / "out" / "ladder_detection.csv")
+    assert set(table["role"]) == {"frozen", "floor", "ceiling"}
+    assert table.set_index("role").loc["frozen", "iterations"] == 2
+    assert table.set_index("role").loc["ceiling", "iterations"] == 1
+    assert table["box_AP_over_floor"].notna().all()
+    run_json = json.loads((tmp_path / "w" / "runs" / "default" / "vit_micro-frozen" / "run.json").read_text())
+    assert run_json["backbone_load"]["keys_matched"] == run_json["backbone_load"]["keys_in_model"]
+    assert run_json["val_dataset"] != run_json["dataset"]  # held out
+    floor = json.loads((tmp_path / "w" / "runs" / "default" / "vit_micro-floor" / "run.json").read_text())
+    assert floor["backbone_load"]["keys_matched"] == 0 and "random" in floor["backbone_load"]["note"]
+    again = CliRunner().invoke(main, args, catch_exceptions=False)  # every run is done: nothing trains
+    assert again.exit_code == 0 and again.output.count("done before") == 3
