@@ -125,6 +125,10 @@ class TimmViT(_FrozenTimm):
             map bilinearly.
         model_kwargs: extra keyword arguments for ``create_model`` (e.g. ``img_size`` of the
             pretraining run, ``drop_path_rate`` for a non-frozen backbone, ``fusion``).
+        out_channels: the width of the map handed to the pyramid; ``None``: the model's features.
+            Half of a RevViT's concat width (C of its 2C) is the width control: a fixed projection,
+            the mean of the two normalised streams' halves, so the pyramid gets C channels as from
+            a ViT of the same width, with nothing fitted.
     """
 
     @configurable
@@ -137,6 +141,7 @@ class TimmViT(_FrozenTimm):
         out_feature: str = "last_feat",
         feature_stride: int | None = None,
         model_kwargs: dict | None = None,
+        out_channels: int | None = None,
     ):
         super().__init__()
         from revtransfer.models import create_model  # registers our models in timm
@@ -153,8 +158,14 @@ class TimmViT(_FrozenTimm):
             raise ValueError(f"feature_stride={self.feature_stride} is not a power of two; "
                              "detectron2's pyramid and ROI pooler need power-of-two strides")
         self._size_divisibility = math.lcm(self.patch_size, self.feature_stride)
+        width = int(self.encoder.num_features)
+        if out_channels is not None and int(out_channels) not in (width, width // 2) or (
+                out_channels is not None and int(out_channels) * 2 == width and width % 2):
+            raise ValueError(f"out_channels={out_channels}: {model_name} gives {width} channels; take all of them "
+                             f"or half ({width // 2}, the mean of the two halves: the width control)")
+        self.halve_channels = out_channels is not None and int(out_channels) * 2 == width
         self._out_features = [out_feature]
-        self._out_feature_channels = {out_feature: int(self.encoder.num_features)}
+        self._out_feature_channels = {out_feature: width // 2 if self.halve_channels else width}
         self._out_feature_strides = {out_feature: self.feature_stride}
         self._set_frozen(freeze)
 
@@ -186,6 +197,9 @@ class TimmViT(_FrozenTimm):
             tokens = self.encoder.forward_features(x)
         gh, gw = H // self.patch_size, W // self.patch_size
         tokens = tokens[:, self.num_prefix_tokens:]
+        if self.halve_channels:  # the width control: (x[:C] + x[C:]) / 2, a fixed projection 2C -> C
+            half = tokens.shape[-1] // 2
+            tokens = 0.5 * (tokens[..., :half] + tokens[..., half:])
         fmap = tokens.transpose(1, 2).reshape(B, tokens.shape[-1], gh, gw)
         if self.feature_stride != self.patch_size:
             fmap = F.interpolate(fmap, size=(H // self.feature_stride, W // self.feature_stride),

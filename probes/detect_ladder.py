@@ -65,16 +65,25 @@ def parse_backbone(text: str) -> tuple[str, Path]:
     return arch.strip(), Path(run)
 
 
-def backbone_kwargs(run_dir: Path) -> str:
-    """The pretraining run's model kwargs and image size (from its checkpoint) as a detectron2
-    override value, so the detector builds the very model the checkpoint holds."""
+def backbone_model_kwargs(run_dir: Path) -> dict:
+    """The pretraining run's model kwargs and image size, from its checkpoint: what the detector
+    must build for the checkpoint to load."""
     from revtransfer.train import load_checkpoint
 
     state = load_checkpoint(run_dir / "checkpoint_best.pt")
     kwargs = dict(state["config"].get("model_kwargs") or {})
     if "img_size" not in kwargs and state.get("image_size"):
         kwargs["img_size"] = int(state["image_size"][0])
+    return kwargs
+
+
+def override_value(kwargs: dict) -> str:
+    """A dict as a detectron2 / hydra override value: ``{a:1,b:2}``."""
     return "{" + ",".join(f"{k}:{v}" for k, v in kwargs.items()) + "}"
+
+
+def backbone_kwargs(run_dir: Path) -> str:
+    return override_value(backbone_model_kwargs(run_dir))
 
 
 def ensure_sets(spec: DetectLadderSpec, workdir: Path, progress: bool = True) -> dict[str, Path]:

@@ -14,7 +14,7 @@ from revtransfer import cli
 # What `revtransfer --help` listed before the commands became plugins (the same set, still), and the
 # detection ladder added since.
 EXPECTED = {"gen", "pretrain", "probe", "sweep", "ladder", "detect", "bench", "bench-reconstruction", "report", "demo",
-            "detect-ladder"}
+            "detect-ladder", "detect-study"}
 
 
 def test_the_command_lists_the_library_commands_and_the_installed_plugins():

@@ -168,3 +168,20 @@ def test_the_detection_ladder_runs_frozen_floor_and_ceiling_and_resumes(tmp_path
     assert floor["backbone_load"]["keys_matched"] == 0 and "random" in floor["backbone_load"]["note"]
     again = CliRunner().invoke(main, args, catch_exceptions=False)  # every run is done: nothing trains
     assert again.exit_code == 0 and again.output.count("done before") == 3
+
+
+def test_the_width_control_hands_the_pyramid_c_channels_from_revvit():
+    from detection import TimmViT
+
+    kw = dict(patch_size=4, embed_dim=16, depth=1, num_heads=2, img_size=32)
+    full = TimmViT("revvit_micro", model_kwargs=kw)
+    half = TimmViT("revvit_micro", model_kwargs=kw, out_channels=16)
+    half.load_state_dict(full.state_dict())
+    assert full.output_shape()["last_feat"].channels == 32 and half.output_shape()["last_feat"].channels == 16
+    x = torch.randn(2, 3, 32, 32)
+    a, b = full(x)["last_feat"], half(x)["last_feat"]
+    assert b.shape == (2, 16, 8, 8) and torch.allclose(b, 0.5 * (a[:, :16] + a[:, 16:]), atol=1e-6)
+    vit = TimmViT("vit_micro", model_kwargs=kw, out_channels=16)  # a ViT's own width: unchanged
+    assert vit.output_shape()["last_feat"].channels == 16 and not vit.halve_channels
+    with pytest.raises(ValueError, match="out_channels=12"):
+        TimmViT("revvit_micro", model_kwargs=kw, out_channels=12)

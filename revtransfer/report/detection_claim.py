@@ -30,6 +30,10 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("box_AP", "mask_AP")
+# Each reversible backbone and the non-reversible one of the same size it is compared with
+# (Table 4.2's "parameter matched" pairs; the micro pair is the CPU study's).
+PAIRS = {"revvit_micro": "vit_micro", "revvit_small": "vit_small_patch16_224", "revvit_base": "vit_base_patch16_224",
+         "revvit_large": "vit_large_patch16_224"}
 CONVERGED_AP = 1.0  # held-out box AP change over the last fifth of training below which a run converged
 
 

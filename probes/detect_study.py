@@ -1,0 +1,367 @@
+"""The detection study: frozen-backbone ViTDet per arch x seed on held-out images, with the
+random-init floor, the fine-tuned ceiling and a width control, into the results table that
+``revtransfer report`` judges claim (c) from (``revtransfer.report.detection_claim``).
+
+A study file (YAML; presets in ``probes/presets/detect_*.yaml``) names where the backbones come
+from, the detector, the datasets and the references:
+
+    name: detect_cpu
+    out: runs/detect_cpu
+    backbones: {sweep: cpu, corr: 0.3, fraction: 1.0}   # pretraining cells of a sweep, shared with it
+    # or: backbones: {checkpoints: {vit_base: /w/vit_b16.pth, revvit_base: /w/revvit_b.pyth}}
+    archs: [vit_micro, revvit_micro]
+    seeds: [0, 1, 2, 3, 4]
+    datasets:                                            # clevr_gen specs (generated if missing) ...
+      root: data/detect_cpu
+      train: {n: 3000, width: 80, height: 80, seed: 21}
+      val: {n: 500, width: 80, height: 80, seed: 22}
+    # ... or COCO by path: train: {json: ..., images: ...}, val: {json: ..., images: ...}
+    detector: {config: "clevr_mask_rcnn_{arch}_frozen", iters: 1200, eval_period: 240, overrides: []}
+    references: {floor: {seeds: [0, 1]}, ceiling: {seeds: [0], iters: 400}}
+    width_control: {archs: [revvit_micro]}               # the pyramid gets C channels, not 2C
+    launcher: {partition: gpu, time: "24:00:00"}         # SLURM resources for --launcher slurm
+
+With a sweep as the source, a cell whose backbone exists trains only the detector; a missing
+backbone is pretrained (and probed) as that sweep's cell, seeds beyond the sweep's own included, so
+the probe study reuses it. Every cell resumes: a finished one (its row exists) is skipped, an
+interrupted one continues from detectron2's last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from revtransfer.errors import UserError, yaml_problem
+from revtransfer.results import ResultsTable
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+class StudyError(UserError, ValueError):
+    """A detection study file that cannot be run as written; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DetectCell:
+    arch: str
+    seed: int
+    role: str = "frozen"  # frozen | floor | ceiling
+    tag: str = ""         # "" (main) | width-control
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.arch}-{self.role}{'-' + self.tag if self.tag else ''}-seed{self.seed}"
+
+
+@dataclass
+class DetectStudySpec:
+    name: str
+    out: Path
+    archs: list[str]
+    seeds: list[int]
+    backbones: dict
+    datasets: dict
+    detector: dict
+    references: dict = field(default_factory=dict)
+    width_control: dict = field(default_factory=dict)
+    launcher: dict = field(default_factory=dict)
+    workdir: Path = Path(".")
+    source: Path | None = None
+
+    @classmethod
+    def load(cls, name_or_path: str, workdir: str | os.PathLike = ".") -> "DetectStudySpec":
+        path = Path(name_or_path)
+        if not path.is_file():
+            preset = PRESET_DIR / f"{name_or_path}.yaml"
+            if not preset.is_file():
+                names = sorted(p.stem for p in PRESET_DIR.glob("detect_*.yaml"))
+                raise StudyError(f"detection study {name_or_path!r} is neither a file nor a preset ({', '.join(names)})")
+            path = preset
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise StudyError(f"{path} is not valid YAML: {yaml_problem(e)}") from e
+        spec = cls.from_dict(data or {}, workdir)
+        spec.source = path
+        return spec
+
+    @classmethod
+    def from_dict(cls, d: dict, workdir: str | os.PathLike = ".") -> "DetectStudySpec":
+        workdir = Path(workdir)
+        missing = [k for k in ("name", "out", "archs", "seeds", "backbones", "datasets", "detector") if k not in d]
+        if missing:
+            raise StudyError(f"the study file lacks {', '.join(missing)}")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise StudyError(f"unknown keys {', '.join(sorted(unknown))}")
+        bb = d["backbones"]
+        if not isinstance(bb, dict) or ("sweep" in bb) == ("checkpoints" in bb):
+            raise StudyError("backbones: give either {sweep: NAME, corr: C, fraction: F} or {checkpoints: {arch: path}}")
+        if "checkpoints" in bb and set(d["archs"]) - set(bb["checkpoints"]):
+            raise StudyError(f"backbones.checkpoints has no path for {sorted(set(d['archs']) - set(bb['checkpoints']))}")
+        for split in ("train", "val"):
+            if split not in d["datasets"]:
+                raise StudyError(f"datasets.{split} is missing (detection trains on one set and evaluates on another)")
+        if "{arch}" not in str(d["detector"].get("config", "")):
+            raise StudyError("detector.config must name the arch as {arch}, e.g. clevr_mask_rcnn_{arch}_frozen")
+        seeds = [int(s) for s in d["seeds"]]
+        if len(set(seeds)) < len(seeds):
+            raise StudyError(f"seeds {seeds} repeat")
+        return cls(name=str(d["name"]), out=workdir / d["out"], archs=list(d["archs"]), seeds=seeds,
+                   backbones=dict(bb), datasets=dict(d["datasets"]), detector=dict(d["detector"]),
+                   references=dict(d.get("references") or {}), width_control=dict(d.get("width_control") or {}),
+                   launcher=dict(d.get("launcher") or {}), workdir=workdir)
+
+    # --- cells ------------------------------------------------------------------------------------
+    def cells(self) -> list[DetectCell]:
+        out = [DetectCell(a, s) for s in self.seeds for a in self.archs]
+        out += [DetectCell(a, s, tag="width-control") for s in self.seeds for a in self.width_control.get("archs", [])]
+        floor = self.references.get("floor") or {}
+        out += [DetectCell(a, s, role="floor") for s in floor.get("seeds", []) for a in self.archs]
+        ceiling = self.references.get("ceiling") or {}
+        out += [DetectCell(a, s, role="ceiling") for s in ceiling.get("seeds", []) for a in self.archs]
+        return out
+
+    def run_dir(self, cell: DetectCell) -> Path:
+        return self.out / "runs" / cell.cell_id
+
+    def iters(self, cell: DetectCell) -> int:
+        if cell.role == "ceiling":
+            return int((self.references.get("ceiling") or {}).get("iters", self.detector["iters"]))
+        return int(self.detector["iters"])
+
+
+# --- backbones and data ----------------------------------------------------------------------------
+def _sweep(spec: DetectStudySpec, seeds):
+    from .sweep import SweepSpec
+
+    sweep = SweepSpec.load(spec.backbones["sweep"], spec.workdir)
+    return dataclasses.replace(sweep, seeds=sorted(set(sweep.seeds) | set(seeds)))
+
+
+def _sweep_cell(sweep, arch: str, corr: float, fraction: float, seed: int):
+    for c in sweep.cells():
+        if c.arch == arch and abs(c.corr - corr) < 1e-9 and abs(c.fraction - fraction) < 1e-9 and c.seed == seed:
+            return c
+    raise StudyError(f"sweep {sweep.name} has no cell {arch} corr {corr:g} fraction {fraction:g} "
+                     f"(its corrs: {sweep.corrs}, fractions: {sweep.fractions})")
+
+
+def ensure_backbone(spec: DetectStudySpec, arch: str, seed: int, progress: bool = True) -> tuple[str, dict | None]:
+    """(checkpoint path, model kwargs) of the backbone of (arch, seed); a sweep cell that has not
+    run yet is pretrained (and probed) as that sweep's cell first."""
+    if "checkpoints" in spec.backbones:
+        return str(spec.backbones["checkpoints"][arch]), None
+    from .detect_ladder import backbone_model_kwargs
+    from .sweep import run_sweep
+
+    sweep = _sweep(spec, spec.seeds)
+    cell = _sweep_cell(sweep, arch, float(spec.backbones["corr"]), float(spec.backbones.get("fraction", 1.0)), seed)
+    run = sweep.run_dir(cell)
+    if not ((run / "summary.json").exists() and (run / "checkpoint_best.pt").exists()):
+        report = run_sweep(sweep, progress=progress, only=lambda c: c.cell_id == cell.cell_id)
+        if cell.cell_id in report.failed:
+            raise StudyError(f"pretraining backbone cell {cell.cell_id} failed: {report.failed[cell.cell_id]}")
+    return str(run / "checkpoint_best.pt"), backbone_model_kwargs(run)
+
+
+def ensure_datasets(spec: DetectStudySpec, progress: bool = True) -> dict[str, tuple[str, str]]:
+    """split -> (coco json, images): clevr_gen specs are generated under ``datasets.root`` if missing."""
+    out = {}
+    root = spec.workdir / spec.datasets.get("root", "data/detect")
+    for split in ("train", "val"):
+        entry = dict(spec.datasets[split])
+        if "json" in entry:
+            out[split] = (str(spec.workdir / entry["json"]), str(spec.workdir / entry["images"]))
+            continue
+        from clevr_gen import DatasetSpec, generate
+
+        entry = {"p_x": 0.5, "p_y": 0.5, "corr": 0.0, "coco": True, **entry}
+        ds = DatasetSpec.from_dict(entry)
+        path = root / f"{split}-{ds.coco_categories}-{ds.width}x{ds.height}-n{ds.n}-seed{ds.seed}"
+        if not (path / "manifest.json").exists():
+            generate(ds, path, workers=int(spec.datasets.get("workers", 1)), progress=progress)
+        out[split] = (str(path / "coco.json"), str(path))
+    return out
+
+
+def run_args(spec: DetectStudySpec, cell: DetectCell, data: dict, checkpoint: str, kwargs: dict | None):
+    """The ``RunArgs`` of one cell (what ``revtransfer detect train`` would be given)."""
+    from detection.train_net import RunArgs
+
+    period = min(int(spec.detector.get("eval_period", spec.iters(cell))), spec.iters(cell))
+    overrides = [f"train.eval_period={period}", f"train.checkpointer.period={period}",
+                 *spec.detector.get("overrides", [])]
+    if kwargs:
+        from .detect_ladder import override_value
+
+        overrides.append(f"model.backbone.net.model_kwargs={override_value(kwargs)}")
+    if cell.role == "ceiling":
+        overrides.append("model.backbone.net.freeze=False")
+    if cell.tag == "width-control":
+        overrides.append(f"model.backbone.net.out_channels={_half_width(cell.arch, kwargs)}")
+    return RunArgs(config=spec.detector["config"].format(arch=cell.arch),
+                   backbone_checkpoint="" if cell.role == "floor" else checkpoint,
+                   train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
+                   val_images=data["val"][1], output_dir=str(spec.run_dir(cell)), max_iter=spec.iters(cell),
+                   seed=cell.seed, image_size=spec.detector.get("image_size"), results_dir=str(spec.out),
+                   resume=(spec.run_dir(cell) / "last_checkpoint").exists(), tag=cell.tag,
+                   overrides=overrides)
+
+
+def _half_width(arch: str, kwargs: dict | None) -> int:
+    import torch
+
+    from revtransfer.models import create_model
+
+    with torch.device("meta"):  # only the width matters
+        return int(create_model(arch, num_classes=0, **dict(kwargs or {})).num_features) // 2
+
+
+# --- running -----------------------------------------------------------------------------------
+def finished(spec: DetectStudySpec) -> set[str]:
+    table = ResultsTable(spec.out).read()
+    if not len(table) or "run_dir" not in table:
+        return set()
+    done = set(table.loc[table["box_AP"].notna(), "run_dir"].astype(str)) if "box_AP" in table else set()
+    return {c.cell_id for c in spec.cells() if str(spec.run_dir(c)) in done}
+
+
+def run_cell(spec: DetectStudySpec, cell: DetectCell, progress: bool = True) -> dict:
+    from detection.train_net import main as detect_main
+
+    data = ensure_datasets(spec, progress)
+    checkpoint, kwargs = ("", None) if cell.role == "floor" and "checkpoints" in spec.backbones else \
+        ensure_backbone(spec, cell.arch, cell.seed, progress)
+    return detect_main(run_args(spec, cell, data, checkpoint, kwargs))
+
+
+def run_study(spec: DetectStudySpec, progress: bool = True, echo=print, only=None) -> dict[str, str]:
+    """Every unfinished cell, in order; a failed cell is reported and the others go on."""
+    done, failed = finished(spec), {}
+    todo = [c for c in spec.cells() if c.cell_id not in done and (only is None or only(c))]
+    echo(f"detection study {spec.name}: {len(done)} cells done, {len(todo)} to run")
+    for i, cell in enumerate(todo, 1):
+        echo(f"[{i}/{len(todo)}] {cell.cell_id}")
+        try:
+            metrics = run_cell(spec, cell, progress)
+            echo(f"  box AP {metrics.get('bbox', {}).get('AP', float('nan')):.1f}, "
+                 f"mask AP {metrics.get('segm', {}).get('AP', float('nan')):.1f}")
+        except Exception as e:  # noqa: BLE001 — recorded, the study goes on
+            failed[cell.cell_id] = f"{type(e).__name__}: {e}"
+            echo(f"  failed: {failed[cell.cell_id]}")
+    return failed
+
+
+def status_lines(spec: DetectStudySpec) -> list[str]:
+    done = finished(spec)
+    lines = [f"{'ok' if c.cell_id in done else 'partial' if (spec.run_dir(c) / 'last_checkpoint').exists() else 'todo':8s} "
+             f"{c.cell_id}" for c in spec.cells()]
+    return lines + [f"{len(done)} of {len(spec.cells())} cells done"]
+
+
+def estimate_hours(spec: DetectStudySpec, bench_json: str) -> list[dict]:
+    """Projected training hours per arch from a ``detect bench`` JSON (its measured samples/s of
+    the same config, frozen), for the cells not yet done."""
+    from revtransfer.bench.record import read_bench_file
+
+    _, records, _ = read_bench_file(bench_json)
+    rates = {}
+    for r in records:
+        if r.measure == "detect_step" and r.status == "ok" and r.samples_per_s and r.extra.get("backbone") == "frozen":
+            rates.setdefault(r.model, (r.samples_per_s, r.batch_size, r.device))
+    done = finished(spec)
+    batch = int(spec.detector.get("batch_size", 0)) or None
+    rows = []
+    for arch in spec.archs:
+        cells = [c for c in spec.cells() if c.arch == arch and c.cell_id not in done]
+        images = sum(spec.iters(c) for c in cells) * (batch or (rates.get(arch, (0, 1))[1]))
+        rate = rates.get(arch)
+        rows.append({"arch": arch, "cells": len(cells), "images": images,
+                     "samples_per_s": rate[0] if rate else None, "device": rate[2] if rate else None,
+                     "hours": images / rate[0] / 3600 if rate else None})
+    return rows
+
+
+# --- the command ----------------------------------------------------------------------------------
+import click  # noqa: E402
+
+from revtransfer.launch.options import launcher_options, pop_launcher_options  # noqa: E402
+
+
+@click.command("detect-study", context_settings={"show_default": True},
+               short_help="The detection study: frozen ViTDet per arch x seed, floor, ceiling, width control.")
+@click.argument("study_file")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".",
+              help="Relative paths in the study file are resolved against this directory.")
+@click.option("--only", multiple=True, metavar="KEY=VALUE", help="Run only matching cells: arch=, seed=, role=, tag=.")
+@click.option("--status", "show_status", is_flag=True, help="List the cells and their state; run nothing.")
+@click.option("--estimate", "estimate_from", metavar="BENCH_JSON",
+              help="Project the remaining training hours from a `detect bench` JSON; run nothing.")
+@click.option("--progress/--no-progress", default=True)
+@launcher_options(gpus_per_task=False, extra=[
+    click.option("--gpus-per-node", type=int, help="With --launcher slurm: GPUs (processes) per detection run.")])
+def detect_study(study_file, workdir, only, show_status, estimate_from, progress, **launch):
+    """Run every unfinished cell of STUDY_FILE (a YAML path, or a preset: detect_cpu, detect_paper).
+
+    \b
+    revtransfer detect-study detect_cpu                  # CPU: backbones from the cpu sweep, 5 seeds
+    revtransfer detect-study detect_cpu --status
+    revtransfer detect-study detect_paper --estimate reports/bench/gpu/detect_h100.json
+    revtransfer detect-study detect_paper --launcher slurm --partition gpu --gpus-per-node 8
+
+    Rows go to OUT/results.{parquet,csv}; `revtransfer report --results OUT` judges claim (c).
+    """
+    spec = DetectStudySpec.load(study_file, workdir)
+    gpus = launch.pop("gpus_per_node")
+    launcher, options, wait = pop_launcher_options(launch, spec.launcher, slurm_only={"--gpus-per-node": gpus})
+    predicate = _only_filter(only)
+    if show_status:
+        for line in status_lines(spec):
+            click.echo(line)
+        return
+    if estimate_from:
+        for r in estimate_hours(spec, estimate_from):
+            hours = "no measured throughput for it" if r["hours"] is None else \
+                f"{r['hours']:.1f} h at {r['samples_per_s']:.1f} images/s ({r['device']})"
+            click.echo(f"{r['arch']:<16s} {r['cells']:>3d} cells, {r['images']:>10,d} training images: {hours}")
+        return
+    if launcher == "slurm":
+        _submit(spec, options, gpus or int(spec.detector.get("gpus_per_node", 1)), predicate, progress)
+        return
+    failed = run_study(spec, progress=progress, echo=lambda m: click.echo(m, err=True), only=predicate)
+    click.echo(f"detection study {spec.name}: {len(finished(spec))} of {len(spec.cells())} cells done; "
+               f"table: {spec.out / 'results.csv'}")
+    if failed:
+        raise click.ClickException(f"{len(failed)} cell(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+
+
+def _only_filter(items):
+    conds = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("arch", "seed", "role", "tag"):
+            raise click.BadParameter(f"{item!r}: use arch=, seed=, role= or tag=", param_hint="--only")
+        conds.append((key, int(value) if key == "seed" else value))
+    return (lambda c: all(getattr(c, k) == v for k, v in conds)) if conds else None
+
+
+def _submit(spec, options, gpus_per_node, predicate, progress):
+    """One SLURM job per unfinished cell (detectron2's launch over the node's GPUs); backbones must
+    exist first (from disk, or the sweep's cells: run that sweep before)."""
+    from detection.jobs import submit_detect
+
+    data = ensure_datasets(spec, progress)
+    done = finished(spec)
+    for cell in spec.cells():
+        if cell.cell_id in done or (predicate and not predicate(cell)):
+            continue
+        checkpoint, kwargs = ensure_backbone(spec, cell.arch, cell.seed, progress) if cell.role != "floor" or \
+            "checkpoints" not in spec.backbones else ("", None)
+        record = submit_detect(run_args(spec, cell, data, checkpoint, kwargs), options, nodes=1,
+                               gpus_per_node=gpus_per_node)
+        click.echo(f"{cell.cell_id}: SLURM job {record.job_id}")

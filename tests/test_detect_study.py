@@ -1,0 +1,71 @@
+"""The detection study file: its checks, its cells (arch x seed, floor, ceiling, width control),
+what each cell's detector is given, and the projected hours from a `detect bench` JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from probes.detect_study import DetectStudySpec, StudyError, estimate_hours, run_args, status_lines
+
+BASE = {
+    "name": "t", "out": "out", "archs": ["vit_micro", "revvit_micro"], "seeds": [0, 1, 2, 3, 4],
+    "backbones": {"checkpoints": {"vit_micro": "v.pt", "revvit_micro": "r.pt"}},
+    "datasets": {"train": {"json": "tr.json", "images": "tr"}, "val": {"json": "va.json", "images": "va"}},
+    "detector": {"config": "clevr_mask_rcnn_{arch}_frozen", "iters": 1200, "eval_period": 240, "batch_size": 8},
+    "references": {"floor": {"seeds": [0, 1]}, "ceiling": {"seeds": [0], "iters": 400}},
+    "width_control": {"archs": ["revvit_micro"]},
+}
+
+
+def test_the_presets_load_and_name_their_cells():
+    cpu = DetectStudySpec.load("detect_cpu")
+    assert len([c for c in cpu.cells() if c.role == "frozen" and not c.tag]) == 10  # 2 archs x 5 seeds
+    assert {c.cell_id for c in cpu.cells() if c.tag} == {f"revvit_micro-frozen-width-control-seed{s}" for s in range(5)}
+    paper = DetectStudySpec.load("detect_paper")
+    assert len(paper.seeds) >= 3 and {"vit_base", "revvit_base", "vit_small", "revvit_small"} <= set(paper.archs)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"datasets": {"train": {"json": "a", "images": "b"}}}, "datasets.val is missing"),
+    ({"detector": {"config": "clevr_mask_rcnn_vit_micro_frozen", "iters": 1}}, "must name the arch"),
+    ({"backbones": {"checkpoints": {"vit_micro": "v.pt"}}}, "no path for"),
+    ({"seeds": [0, 0]}, "repeat"),
+    ({"colour": 1}, "unknown keys colour"),
+])
+def test_a_bad_study_file_is_named(change, message):
+    with pytest.raises(StudyError, match=message):
+        DetectStudySpec.from_dict({**BASE, **change})
+
+
+def test_each_role_gets_its_detector(tmp_path):
+    spec = DetectStudySpec.from_dict(BASE, tmp_path)
+    cells = {c.cell_id: c for c in spec.cells()}
+    assert len(cells) == 10 + 5 + 4 + 2
+    data = {"train": ("tr.json", "tr"), "val": ("va.json", "va")}
+    frozen = run_args(spec, cells["revvit_micro-frozen-seed3"], data, "r.pt", {"embed_dim": 16, "depth": 1})
+    assert frozen.backbone_checkpoint == "r.pt" and frozen.max_iter == 1200 and frozen.seed == 3
+    assert "train.eval_period=240" in frozen.overrides and frozen.val_json == "va.json"
+    assert "model.backbone.net.model_kwargs={embed_dim:16,depth:1}" in frozen.overrides
+    floor = run_args(spec, cells["vit_micro-floor-seed1"], data, "", None)
+    assert floor.backbone_checkpoint == "" and floor.tag == ""
+    ceiling = run_args(spec, cells["vit_micro-ceiling-seed0"], data, "v.pt", None)
+    assert "model.backbone.net.freeze=False" in ceiling.overrides and ceiling.max_iter == 400
+    width = run_args(spec, cells["revvit_micro-frozen-width-control-seed0"], data, "r.pt",
+                     {"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 4, "img_size": 32})
+    assert "model.backbone.net.out_channels=16" in width.overrides and width.tag == "width-control"
+    assert status_lines(spec)[-1] == "0 of 21 cells done"
+
+
+def test_the_estimate_uses_the_measured_frozen_step(tmp_path):
+    spec = DetectStudySpec.from_dict(BASE, tmp_path)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"meta": {"measure": "detect_step"}, "records": [
+        {"measure": "detect_step", "model": "vit_micro", "batch_size": 8, "samples_per_s": 16.0, "backbone": "frozen"},
+        {"measure": "detect_step", "model": "vit_micro", "batch_size": 8, "samples_per_s": 4.0, "backbone": "unfrozen"},
+    ]}))
+    rows = {r["arch"]: r for r in estimate_hours(spec, str(bench))}
+    vit_iters = 5 * 1200 + 2 * 1200 + 400  # frozen x 5 seeds, floor x 2, ceiling x 1
+    assert rows["vit_micro"]["images"] == vit_iters * 8
+    assert rows["vit_micro"]["hours"] == pytest.approx(vit_iters * 8 / 16.0 / 3600)
+    assert rows["revvit_micro"]["hours"] is None  # nothing measured for it: said, not guessed
