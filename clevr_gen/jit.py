@@ -29,5 +29,5 @@ def kernel(func=None, **options):
     except RuntimeError:  # numba: "no locator available" = no writable cache directory
         warnings.warn("numba cannot cache clevr_gen's kernels (no writable cache directory): "
                       "every process compiles them anew (~15 s); set NUMBA_CACHE_DIR to a "
-                      "writable directory to avoid it", RuntimeWarning)
+                      "writable directory to avoid it", RuntimeWarning, stacklevel=2)
         return numba.njit(cache=False, **_OPTIONS, **options)(func)

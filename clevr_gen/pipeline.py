@@ -78,7 +78,7 @@ def make_scene(spec, index: int, has_x: int, has_y: int, timings: dict | None = 
     lap = _Laps(timings)
     rng = scene_rng(spec, index)
     hits = getattr(_last_hits, "hits", None)
-    for attempt in range(1, MAX_VISIBILITY_TRIES + 1):
+    for attempt in range(1, MAX_VISIBILITY_TRIES + 1):  # noqa: B007  (kept: SceneResult.attempts)
         draw = draw_scene(rng, has_x, has_y, spec, index)
         geometry = draw.geometry()
         lap("sample")
@@ -109,7 +109,7 @@ def make_scene(spec, index: int, has_x: int, has_y: int, timings: dict | None = 
 def label_columns() -> list[str]:
     """labels.csv columns: index, has_x, has_y, n_objects, n_x, n_y, then one count per value."""
     cols = ["index", "has_x", "has_y", "n_objects", "n_x", "n_y"]
-    for attr, values in vocab.ATTRIBUTES.items():
+    for values in vocab.ATTRIBUTES.values():
         cols += [f"n_{v}" for v in values]
     return cols
 

@@ -20,8 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import vocab
-from .camera import (CAMERA_JITTER, CAMERA_LOCATION, FOCAL_LENGTH_MM, LIGHT_JITTER, LIGHT_LOCATIONS,
-                     SENSOR_WIDTH_MM, Camera)
+from .camera import (
+    CAMERA_JITTER,
+    CAMERA_LOCATION,
+    FOCAL_LENGTH_MM,
+    LIGHT_JITTER,
+    LIGHT_LOCATIONS,
+    SENSOR_WIDTH_MM,
+    Camera,
+)
 from .jit import kernel
 from .render import LIGHT_NAMES, SceneGeometry, look
 

@@ -10,8 +10,8 @@ exactly when manifest.json exists. A crash or Ctrl-C at any point leaves no mani
 from __future__ import annotations
 
 import collections
-import hashlib
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from revtransfer import provenance
-from revtransfer.errors import UserError
 from revtransfer.atomic import TMP_PREFIX, atomic_path, atomic_write_json, atomic_write_text, clean_stale_temps
+from revtransfer.errors import UserError
 
 from . import coco, labels, preview, vocab
 from .pipeline import cell_assignment, label_columns, load_kernels, make_scene, scene_record
@@ -247,7 +247,7 @@ def generate(spec: DatasetSpec, out, workers: int = 1, shard_size: int = DEFAULT
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise DatasetDirError(f"another gen is writing into {out} (lock {out / LOCK} is held)")
+        raise DatasetDirError(f"another gen is writing into {out} (lock {out / LOCK} is held)") from None
     try:
         if read_manifest(out) is not None:  # finished by a run that held the lock before us
             return read_manifest(out)

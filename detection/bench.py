@@ -9,9 +9,10 @@ images with a few box+mask instances at the config's padded size), so no dataset
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass, field
 import statistics
 import time
+from dataclasses import dataclass, field
+
 import torch
 from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances

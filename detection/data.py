@@ -16,10 +16,10 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
 import detectron2.data.detection_utils as utils
 import detectron2.data.transforms as T
+import numpy as np
+import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-
 SWEEP = "detection"
 # The six summary numbers detectron2 reports per task; per-class APs stay in eval_results.json.
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

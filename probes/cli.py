@@ -71,30 +71,55 @@ def _only_filter(items: tuple[str, ...]):
 @click.option("--estimate", "estimate_from", multiple=True, metavar="THROUGHPUT_JSON",
               help="Project the sweep's training time from measured throughput (a `pretrain --benchmark-steps`, "
                    "`bench` or GPU-plan JSON; repeatable); run nothing.")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Print the declared claims' power, the seeds they need, where the variance is and the "
+                   "group-sequential design, from the sweep's rows (or --pilot's); run nothing.")
+@click.option("--pilot", metavar="RESULTS", type=click.Path(exists=True),
+              help="With --plan: plan from another study's results (a results dir, .parquet or .csv).")
+@click.option("--until-decided", is_flag=True,
+              help="Add blocks of seeds until the declared primary claim is decided under its group-sequential "
+                   "rule, its max_seeds are reached or --budget-hours is spent (state: OUT/sequential.json).")
+@click.option("--budget-hours", type=float, default=None,
+              help="With --until-decided: do not start a block that would end past this many hours of this call "
+                   "(estimated from the measured cell times).")
+@click.option("--redeclare", is_flag=True,
+              help="Accept a changed claims:/probe: declaration although result rows exist (recorded; the report "
+                   "says so).")
 @click.option("--progress/--no-progress", default=True)
 @launcher_options(array=True)
-def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, estimate_from, progress, **launch):
+def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, estimate_from, show_plan, pilot,
+          until_decided, budget_hours, redeclare, progress, **launch):
     """Run every unfinished cell of SWEEP_FILE (a YAML path, or a preset: demo, cpu, paper).
 
     \b
     revtransfer sweep demo                       # CPU, minutes: small data, same grid shape
     revtransfer sweep paper --workdir /scratch   # the study's scale, for a GPU
     revtransfer sweep my_sweep.yaml --only arch=revvit_micro --status
-    revtransfer sweep paper --estimate reports/bench/gpu/h200_gpu_plan.json   # projected hours
+    revtransfer sweep paper --estimate reports/bench/gpu/h200_gpu_plan_figures.json   # projected hours
     revtransfer sweep paper --launcher slurm --partition gpu --gpus-per-task 1 --time 4:00:00
+    revtransfer sweep cpu --plan                                  # power and seeds needed, from its rows
+    revtransfer sweep paper --plan --pilot reports/study_cpu/results   # ... from another study's rows
+    revtransfer sweep cpu --until-decided --budget-hours 12       # seeds until the primary claim is decided
 
+    The sweep file's claims: section (primary, secondary, exploratory claims, alpha, max_seeds,
+    spending) and its probe settings are recorded in OUT/declaration.json before any cell runs; a
+    changed declaration after rows exist is refused unless --redeclare.
     Finished cells are skipped, so re-running a killed sweep resumes it; results go to
     OUT/results.parquet and OUT/results.csv (OUT from the sweep file). With --launcher slurm every
     pending cell is a task of one SLURM job array (resources: these options, then the sweep file's
     launcher: section); --status shows each cell's job.
     """
+    from .declaration import DeclarationChanged, ensure_declaration
     from .slurm import status_lines
-
-    from .sweep import SweepSpec, run_sweep
+    from .sweep import SweepError, SweepSpec, run_sweep
 
     _setup_logging()
     spec = SweepSpec.load(sweep_file, workdir)
     launcher, options, wait = pop_launcher_options(launch, spec.launcher)
+    if pilot and not show_plan:
+        raise click.UsageError("--pilot goes with --plan")
+    if budget_hours is not None and not until_decided:
+        raise click.UsageError("--budget-hours goes with --until-decided")
     if show_status:
         for line in status_lines(spec):
             click.echo(line)
@@ -104,10 +129,33 @@ def sweep(sweep_file, workdir, only, max_cells, retry_failed, show_status, estim
 
         click.echo(format_estimate(spec, estimate(spec, list(estimate_from))))
         return
-    if launcher == "slurm":
-        return _sweep_on_slurm(spec, sweep_file, workdir, options, wait, only, retry_failed, max_cells)
-    report = run_sweep(spec, progress=progress, retry_failed=retry_failed, only=_only_filter(only),
-                       max_cells=max_cells)
+    if show_plan:
+        from .plan import plan_text
+
+        try:
+            click.echo(plan_text(spec, pilot))
+        except SweepError as e:
+            raise click.ClickException(str(e)) from None
+        return
+    try:
+        if until_decided:
+            if launcher == "slurm":
+                raise click.UsageError("--until-decided runs its blocks locally (one process decides); "
+                                       "drop --launcher slurm")
+            from .sequential import until_decided as run_until_decided
+
+            result = run_until_decided(spec, budget_hours, progress=progress, redeclare=redeclare, echo=click.echo)
+            click.echo(f"sweep {spec.name}: {result.stop}: {result.message}; {result.ran} cell(s) run by this call; "
+                       f"state: {spec.out / 'sequential.json'}")
+            return
+        if launcher == "slurm":
+            spec.out.mkdir(parents=True, exist_ok=True)
+            ensure_declaration(spec, redeclare=redeclare)  # before any job is submitted
+            return _sweep_on_slurm(spec, sweep_file, workdir, options, wait, only, retry_failed, max_cells)
+        report = run_sweep(spec, progress=progress, retry_failed=retry_failed, only=_only_filter(only),
+                           max_cells=max_cells, redeclare=redeclare)
+    except (DeclarationChanged, SweepError) as e:
+        raise click.ClickException(str(e)) from None
     _report(spec, report)
 
 
@@ -120,6 +168,7 @@ def _report(spec, report):
 
 def _sweep_on_slurm(spec, sweep_file, workdir, options, wait, only, retry_failed, max_cells):
     from revtransfer.launch import LaunchError
+
     from .slurm import submit_sweep, wait_sweep
 
     try:

@@ -88,7 +88,8 @@ def _detection(spec, progress: bool) -> None:
     small ViTDet trained on one clevr_gen COCO set and evaluated on another, and the same arch
     frozen at random initialisation (the floor); one results row each."""
     from clevr_gen import DatasetSpec, generate
-    from detection.train_net import RunArgs, main as detect_main
+    from detection.train_net import RunArgs
+    from detection.train_net import main as detect_main
     from revtransfer.results import ResultsTable
 
     root = spec.transfer.path.parent
@@ -120,15 +121,16 @@ def _detection(spec, progress: bool) -> None:
 def _bench(out: Path) -> None:
     import torch
 
-    from revtransfer.bench.throughput import format_table, run_benchmark
     from revtransfer.atomic import atomic_write_json
+    from revtransfer.bench.throughput import format_table, run_benchmark
     from revtransfer.provenance import provenance
 
     records, _ = run_benchmark("revvit_micro", ["backprop", "reprop", "pareprop"], BENCH_BATCH_SIZES, steps=BENCH_STEPS,
                                warmup=BENCH_WARMUP, device="cpu", model_kwargs=BENCH_KWARGS)
     click.echo(format_table(records), err=True)
     cmd = ["revtransfer", "bench", "--model", "revvit_micro", "--batch-sizes", ",".join(map(str, BENCH_BATCH_SIZES)),
-           "--steps", str(BENCH_STEPS), "--warmup", str(BENCH_WARMUP), "--device", "cpu"] + sum((["--model-kw", f"{k}={v}"] for k, v in BENCH_KWARGS.items()), [])
+           "--steps", str(BENCH_STEPS), "--warmup", str(BENCH_WARMUP), "--device", "cpu"]
+    cmd += [arg for k, v in BENCH_KWARGS.items() for arg in ("--model-kw", f"{k}={v}")]
     meta = dict(provenance(cmd), torch_threads=torch.get_num_threads(), steps=BENCH_STEPS, warmup=BENCH_WARMUP)
     atomic_write_json(out, {"meta": meta, "records": [dict(r.to_dict(), torch=torch.__version__,
                                                            git_commit=meta["git_commit"]) for r in records]})

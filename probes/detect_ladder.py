@@ -104,7 +104,8 @@ def run_dir(workdir: Path, rung: str, arch: str, role: str) -> Path:
 
 
 def run_detect_ladder(spec: DetectLadderSpec, workdir: Path, out: Path, progress: bool = True, echo=print) -> Path:
-    from detection.train_net import RunArgs, main as detect_main
+    from detection.train_net import RunArgs
+    from detection.train_net import main as detect_main
 
     sets = ensure_sets(spec, workdir, progress)
     for rung, overrides in spec.rungs.items():

@@ -2,7 +2,7 @@
 random-init floor, the fine-tuned ceiling and a width control, into the results table that
 ``revtransfer report`` judges claim (c) from (``revtransfer.report.detection_claim``).
 
-A study file (YAML; presets in ``probes/presets/detect_*.yaml``) names where the backbones come
+A study file (YAML; presets in ``probes/presets/detect/``) names where the backbones come
 from, the detector, the datasets and the references:
 
     name: detect_cpu
@@ -38,7 +38,7 @@ import yaml
 from revtransfer.errors import UserError, yaml_problem
 from revtransfer.results import ResultsTable
 
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
+PRESET_DIR = Path(__file__).resolve().parent / "presets" / "detect"
 
 
 class StudyError(UserError, ValueError):

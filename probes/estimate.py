@@ -9,14 +9,12 @@ the presets' sizes); cells run one at a time unless several processes or GPUs sh
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from revtransfer.data import holdout_split, subset_fraction
 
 from .sweep import SweepError, SweepSpec
-
 
 # Model kwargs that do not change the cost of a training step.
 _COST_NEUTRAL = {"num_classes", "keep_last_activations", "drop_rate", "drop_path_rate", "attn_drop_rate"}

@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Callable
 
 from revtransfer.launch.jobs import EntryPointJob
-from revtransfer.launch.slurm import JobRecord, SlurmOptions, check_slurm, is_active, job_states, make_executor, \
-    new_submission_folder, submit, wait_for
+from revtransfer.launch.slurm import (
+    JobRecord,
+    SlurmOptions,
+    check_slurm,
+    is_active,
+    job_states,
+    make_executor,
+    new_submission_folder,
+    submit,
+    wait_for,
+)
 from revtransfer.results import ResultsTable
 
 from .sweep import SweepReport, cell_lock_held, cell_status, record_failure, sweep_progress

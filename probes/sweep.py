@@ -24,8 +24,25 @@ Sweep file (YAML)::
     model_kwargs: {depth: 2}             # for every arch; per arch: model_kwargs_by_arch
     probe: {n_boot: 200}                 # ProbeSettings fields
     launcher: {partition: gpu, time: "4:00:00", gpus_per_task: 1}  # SLURM resources (--launcher slurm)
+    claims:                              # declared before any cell runs (revtransfer.report.claims)
+      primary: a_matched                 # a | b1 | b2, on probe_acc; _matched: on probe_acc_matched
+      secondary: [a, b1, b2]             # Holm over these
+      exploratory: [b1_matched]          # unadjusted, never confirmatory
+      alpha: 0.025                       # one-sided
+      sesoi: 0                           # points
+      max_seeds: 8                       # per (cell, arch): --until-decided's group-sequential design
+      spending: obf                      # O'Brien-Fleming-type alpha spending (or pocock)
+      allocation: neyman                 # seeds per block: equal, or where the variance is
 
 Relative paths are resolved against the working directory (``--workdir``).
+
+The ``claims:`` section (``revtransfer.report.claims.Declaration``; defaults: primary ``a``,
+secondary ``b1``, ``b2``) and the probe settings are the study's declaration. The first
+``run_sweep`` writes them to ``OUT/declaration.json`` (``probes.declaration``) before any cell runs,
+with the time, the commit and how many rows the table held then; every row it writes carries the
+declaration's digest (``declaration``) and the probe settings' (``probe_settings``). A changed
+declaration after rows exist is refused unless ``redeclare`` (``--redeclare``), and the change is
+kept in the record's history for the report.
 
 By default a fraction-f cell trains ``recipe.epochs`` epochs on f of the pretrain set, so less data
 also means fewer optimiser steps (the thesis's protocol). ``equal_samples: true`` gives it
@@ -49,19 +66,19 @@ import yaml
 from filelock import FileLock, Timeout
 
 from revtransfer.atomic import atomic_write_text
-from revtransfer.errors import yaml_problem
-from revtransfer.train.config import PretrainConfig
-
 from revtransfer.data import open_dataset
+from revtransfer.errors import yaml_problem
+from revtransfer.report.claims import Declaration, study_digest
+from revtransfer.results import ResultsTable
+from revtransfer.train.config import PretrainConfig
 
 from .presets import resolve_sweep_file
 from .probe import ProbeSettings, run_probes
-from revtransfer.results import ResultsTable
 
 log = logging.getLogger(__name__)
 _RECIPE_FORBIDDEN = {"dataset", "out", "arch", "fraction", "seed", "backprop", "model_kwargs"}
 _TOP_KEYS = {"name", "out", "datasets", "grid", "backprop", "recipe", "model_kwargs", "model_kwargs_by_arch",
-             "probe", "description", "launcher", "equal_samples"}
+             "probe", "description", "launcher", "equal_samples", "claims"}
 
 
 class SweepError(ValueError):
@@ -119,6 +136,8 @@ class SweepSpec:
     gen_workers: int = 1
     launcher: dict = field(default_factory=dict)  # SLURM resources (revtransfer.launch.slurm.SlurmOptions)
     equal_samples: bool = False  # a fraction-f cell trains round(epochs / f) epochs
+    claims: Declaration = field(default_factory=Declaration)  # the declared claims (module docstring)
+    source: Path | None = None  # the sweep file it was read from
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -131,14 +150,17 @@ class SweepSpec:
         if not isinstance(data, dict):
             raise SweepError(f"sweep file {path} must hold a mapping")
         try:
-            return cls.from_dict(data, workdir)
+            spec = cls.from_dict(data, workdir)
         except SweepError as e:
             raise SweepError(f"sweep file {path}: {e}") from e
+        spec.source = Path(path)
+        return spec
 
     @classmethod
     def from_dict(cls, d: dict, workdir: str | os.PathLike = ".") -> "SweepSpec":
-        from revtransfer.models import create_model  # noqa: F401  (registers our archs)
         import timm
+
+        from revtransfer.models import create_model  # noqa: F401  (registers our archs)
 
         unknown = sorted(set(d) - _TOP_KEYS)
         if unknown:
@@ -195,11 +217,16 @@ class SweepSpec:
         bad = sorted(set(recipe) & _RECIPE_FORBIDDEN)
         if bad:
             raise SweepError(f"recipe may not set {bad}: the grid and the sweep decide those")
+        try:
+            claims = Declaration.from_dict(d.get("claims"))
+            probe = ProbeSettings.from_dict(d.get("probe"))
+        except ValueError as e:
+            raise SweepError(str(e)) from None
         spec = cls(
             name=str(d["name"]), out=workdir / d["out"], pretrain=pretrain, transfer=transfer, archs=archs,
             corrs=corrs, fractions=fractions, seeds=seeds, backprop=d.get("backprop", "pareprop"), recipe=recipe,
             model_kwargs=dict(d.get("model_kwargs") or {}), model_kwargs_by_arch=dict(d.get("model_kwargs_by_arch") or {}),
-            probe=ProbeSettings.from_dict(d.get("probe")), gen_workers=int(ds.get("workers", 1)),
+            probe=probe, gen_workers=int(ds.get("workers", 1)), claims=claims,
             launcher=_launcher_section(d.get("launcher")), equal_samples=_flag(d.get("equal_samples", False),
                                                                                "equal_samples"))
         spec.pretrain_config(spec.cells()[0])  # validates the recipe now, not in the first cell
@@ -210,6 +237,10 @@ class SweepSpec:
         reversible = {a: _is_reversible_arch(a, self.kwargs_for(a)) for a in self.archs}
         return [Cell(a, self.backprop if reversible[a] else "backprop", c, f, s)
                 for c in self.corrs for f in self.fractions for a in self.archs for s in self.seeds]
+
+    def declaration_digest(self) -> str:
+        """The digest of this sweep's declaration: its claims and probe settings (rows' ``declaration``)."""
+        return study_digest(self.claims.hashed(), self.probe.record())
 
     def kwargs_for(self, arch: str) -> dict:
         return {**self.model_kwargs, **self.model_kwargs_by_arch.get(arch, {})}
@@ -246,13 +277,21 @@ def _launcher_section(section) -> dict:
     return dict(section or {})
 
 
+_REVERSIBLE: dict[str, bool] = {}  # (arch, kwargs) -> reversible: spec.cells() asks for every progress line
+
+
 def _is_reversible_arch(arch: str, kwargs: dict) -> bool:
+    import json
+
     import torch
 
     from revtransfer.models import create_model, is_reversible
 
-    with torch.device("meta"):  # no memory, no init cost: only the class matters
-        return is_reversible(create_model(arch, num_classes=2, **kwargs))
+    key = json.dumps([arch, kwargs], sort_keys=True, default=str)
+    if key not in _REVERSIBLE:
+        with torch.device("meta"):  # no memory, no init cost: only the class matters
+            _REVERSIBLE[key] = is_reversible(create_model(arch, num_classes=2, **kwargs))
+    return _REVERSIBLE[key]
 
 
 # --- datasets ------------------------------------------------------------------------------------
@@ -303,6 +342,7 @@ def run_cell(spec: SweepSpec, cell: Cell, progress: bool = True) -> dict:
         "probe_acc": y.acc, "probe_acc_ci_low": y.acc_ci_low, "probe_acc_ci_high": y.acc_ci_high,
         "probe_auroc": y.auroc, "probe_auroc_ci_low": y.auroc_ci_low, "probe_auroc_ci_high": y.auroc_ci_high,
         "probe_C": y.C, "probe_majority_acc": y.majority_acc, "probe_n_train": y.n_train, "probe_n_test": y.n_test,
+        "probe_C_grid_low": y.C_grid_low, "probe_C_grid_high": y.C_grid_high, "probe_C_at_edge": y.C_at_edge,
         **matched_columns(probes, spec.probe),
         "sanity_x_acc": x.acc if x else None, "sanity_x_auroc": x.auroc if x else None,
         "feature_dim": result.feature_dim, "wall_time_s": time.perf_counter() - t0,
@@ -312,11 +352,23 @@ def run_cell(spec: SweepSpec, cell: Cell, progress: bool = True) -> dict:
 
 
 def matched_columns(probes: dict, settings: ProbeSettings) -> dict:
-    """The width-matched control's columns (all None when ``settings.match_dim`` is off)."""
+    """The width-matched control's columns (all None when ``settings.match_dim`` is off): at the
+    (largest) k, probe_acc_matched and its CI, matched_dim (the k used), matched_k_requested and
+    matched_rank (the features' numerical rank, when the rank cap computed it); with a list of k,
+    also probe_acc_k<k>, its CI and dim_k<k> (the k used) for every k."""
     m = probes.get(settings.matched_task) if settings.match_dim is not None else None
-    return {"probe_acc_matched": m.acc if m else None, "probe_acc_matched_ci_low": m.acc_ci_low if m else None,
-            "probe_acc_matched_ci_high": m.acc_ci_high if m else None,
-            "matched_dim": m.feature_dim if m else None}
+    out = {"probe_acc_matched": m.acc if m else None, "probe_acc_matched_ci_low": m.acc_ci_low if m else None,
+           "probe_acc_matched_ci_high": m.acc_ci_high if m else None,
+           "matched_dim": m.feature_dim if m else None,
+           "matched_k_requested": getattr(m, "pca_requested", None) if m else None,
+           "matched_rank": getattr(m, "feature_rank", None) if m else None}
+    if settings.multi_k:
+        for k in settings.match_dims:
+            r = probes.get(f"has_y@transfer_pca{k}")
+            out.update({f"probe_acc_k{k}": r.acc if r else None, f"probe_acc_k{k}_ci_low": r.acc_ci_low if r else None,
+                        f"probe_acc_k{k}_ci_high": r.acc_ci_high if r else None,
+                        f"dim_k{k}": r.feature_dim if r else None})
+    return out
 
 
 @dataclass
@@ -333,13 +385,17 @@ class SweepReport:
 
 def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: bool = True,
               retry_failed: bool = True, only: Callable[[Cell], bool] | None = None,
-              max_cells: int | None = None) -> SweepReport:
-    """Run every unfinished cell of ``spec`` (see the module docstring)."""
+              max_cells: int | None = None, redeclare: bool = False) -> SweepReport:
+    """Run every unfinished cell of ``spec`` (see the module docstring). The declaration is recorded
+    (or checked: ``probes.declaration.DeclarationChanged``) before any cell runs."""
     import torch
 
     from revtransfer.provenance import git_commit, library_versions, utc_now
 
+    from .declaration import ensure_declaration
+
     spec.out.mkdir(parents=True, exist_ok=True)
+    ensure_declaration(spec, redeclare=redeclare)
     table = ResultsTable(spec.out)
     versions = library_versions()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -349,6 +405,7 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
     failed_before = _failed_cells(table, spec.name)
     todo = [c for c in cells if c.cell_id not in done and (retry_failed or c.cell_id not in failed_before)]
     report.skipped = [c.cell_id for c in cells if c not in todo]
+    commit = git_commit()  # the code this process runs: read once
     if todo and cell_runner is run_cell:
         for corr in sorted({c.corr for c in todo}):
             ensure_dataset(spec.pretrain[corr], spec.gen_workers, progress)
@@ -367,7 +424,7 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
                 continue
             log.info("[%d/%d] %s (%s)", i + 1, len(todo), cell.cell_id, sweep_progress(spec, here=cell))
             t0 = time.perf_counter()
-            row = cell_row(spec, cell, device, versions, git_commit())
+            row = cell_row(spec, cell, device, versions, commit)
             try:
                 row.update(cell_runner(spec, cell, progress), status="ok", error=None)
                 (run_dir / "error.txt").unlink(missing_ok=True)
@@ -388,7 +445,8 @@ def cell_row(spec: SweepSpec, cell: Cell, device: str | None, versions: dict, co
     return {"sweep": spec.name, "cell_id": cell.cell_id, **dataclasses.asdict(cell),
             "dataset": str(spec.pretrain[cell.corr].path), "transfer_dataset": str(spec.transfer.path),
             "run_dir": str(spec.run_dir(cell)), "device": device, "world_size": 1, "git_commit": commit,
-            "torch_version": versions.get("torch"), "timm_version": versions.get("timm")}
+            "torch_version": versions.get("torch"), "timm_version": versions.get("timm"),
+            "declaration": spec.declaration_digest(), "probe_settings": spec.probe.digest()}
 
 
 def record_failure(spec: SweepSpec, cell: Cell, error: str, detail: str | None = None) -> bool:

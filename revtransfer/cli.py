@@ -6,8 +6,8 @@ their plugins. A package adds a subcommand with, in its pyproject.toml::
     mycommand = "mypackage.cli:mycommand"      # a click command or group
 
 The library names no app: this project's own apps (the dataset generator, the study, the
-detectron2 plugin) register their subcommands the same way, in this repository's pyproject.toml. A command's module is imported only
-when the command runs or ``--help`` lists it, so ``revtransfer gen`` never pays for torch or
+detectron2 plugin) register their subcommands the same way, in this repository's pyproject.toml.
+A command's module is imported only when the command runs or ``--help`` lists it, so ``revtransfer gen`` never pays for torch or
 detectron2 (the command modules themselves import their heavy code inside the command).
 """
 from __future__ import annotations

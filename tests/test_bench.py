@@ -199,8 +199,8 @@ def test_gpu_plan_survives_a_workspace_error(tmp_path, monkeypatch):
 def test_cpu_thread_recompute_variant_is_exact():
     # The measurement compares like with like only if the threaded variant computes the same grads.
     import torch
-
     from helpers import assert_same_grads, grads_of
+
     from revtransfer.bench.cpu_thread_recompute import _recompute_on_a_thread
     from revtransfer.models import create_model
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from clevr_gen.camera import CAMERA_LOCATION, LIGHT_LOCATIONS, Camera
+from clevr_gen.pipeline import make_scene
 from clevr_gen.render import render
 from clevr_gen.spec import DatasetSpec
-from clevr_gen.pipeline import make_scene
 
 W, H = 64, 48
 

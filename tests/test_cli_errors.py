@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from study_fixtures import write_dataset
 
 from revtransfer.cli import main
-from study_fixtures import write_dataset
 
 TINY = ["--model-kw", "depth=1", "--model-kw", "embed_dim=16", "--model-kw", "num_heads=2", "--model-kw",
         "patch_size=4", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]

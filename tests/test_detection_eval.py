@@ -28,7 +28,7 @@ def gt_and_detections(tmp_path_factory):
         cat = a["category_id"] if rng.random() > 0.2 else 3 - a["category_id"]
         dets.append({"image_id": a["image_id"], "category_id": cat, "score": float(rng.random()),
                      "bbox": [x + j[0], y + j[1], max(1, w + j[2]), max(1, h + j[3])], "segmentation": rle})
-    for i in range(40):  # ... and false positives
+    for _ in range(40):  # ... and false positives
         img = int(rng.integers(1, 21))
         m = np.zeros((80, 80), np.uint8)
         x, y = (int(v) for v in rng.integers(0, 60, 2))

@@ -10,8 +10,8 @@ from detectron2.utils.events import EventStorage
 
 from detection import TimmViT, build_config, prepare
 from detection.cli import detect
-from detection.train_net import build_model
 from detection.synthetic import make_shapes_coco
+from detection.train_net import build_model
 
 FAST = ["dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=0",
         "dataloader.train.total_batch_size=2", "datasets.test.max_images=4", "train.log_period=1"]
@@ -110,11 +110,13 @@ def test_demo_on_clevr_gen_output(tmp_path, arch):
     from clevr_gen.spec import DatasetSpec
     from clevr_gen.writer import generate
 
-    ds = tmp_path / "clevr"
-    generate(DatasetSpec(split="transfer", n=12, p_x=0, p_y=0.5, corr=None, seed=0, coco=True), ds,
-             progress=False, log=lambda *a: None)
+    ds, held_out = tmp_path / "clevr", tmp_path / "clevr_val"
+    for out, seed, n in ((ds, 0, 12), (held_out, 1, 6)):  # held-out evaluation: another seed
+        generate(DatasetSpec(split="transfer", n=n, p_x=0, p_y=0.5, corr=None, seed=seed, coco=True), out,
+                 progress=False, log=lambda *a: None)
     res = CliRunner().invoke(detect, [
-        "train", "--config", f"clevr_mask_rcnn_{arch}_micro_frozen", "--dataset", str(ds), "--demo",
+        "train", "--config", f"clevr_mask_rcnn_{arch}_micro_frozen", "--dataset", str(ds),
+        "--val-dataset", str(held_out), "--demo",
         "--max-iter", "3", "--output-dir", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results")],
         catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -122,3 +124,4 @@ def test_demo_on_clevr_gen_output(tmp_path, arch):
     assert set(metrics) == {"bbox", "segm"}
     row = pd.read_parquet(tmp_path / "results" / "results.parquet").iloc[0]
     assert row["arch"] == f"{arch}_micro" and row["dataset"] == str(ds / "coco.json")
+    assert row["val_dataset"] == str(held_out / "coco.json")

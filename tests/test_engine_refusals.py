@@ -4,16 +4,15 @@ torch.compile(fullgraph=True); torch.compile with graph breaks stays exact."""
 from __future__ import annotations
 
 import contextlib
-import warnings
-
 import re
+import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import assert_same_grads, grads_of
 
 import revtransfer
-from helpers import assert_same_grads, grads_of
 from revtransfer.errors import is_expected, one_line
 from revtransfer.reversible import ReversibleUnsupportedError
 from revtransfer.reversible.refusals import FULLGRAPH_REFUSAL, SUPPORTED

@@ -275,10 +275,10 @@ def test_a_stream_mismatch_warning_fails_the_check(tmp_path, monkeypatch, small_
     def family_check(device, amp, family):
         if family == "revroberta":
             warnings.warn("The AccumulateGrad node's stream does not match the stream of the node that produced "
-                          "the incoming gradient.", UserWarning)
+                          "the incoming gradient.", UserWarning, stacklevel=1)
             warnings.warn("The AccumulateGrad node's stream does not match the stream of the node that produced "
-                          "the incoming gradient.", UserWarning)  # counted each time, not once
-        warnings.warn("something else", UserWarning)
+                          "the incoming gradient.", UserWarning, stacklevel=1)  # counted each time, not once
+        warnings.warn("something else", UserWarning, stacklevel=1)
         return {"passed": True, "max_rel_error": 0.0, "rtol": 1e-10}
 
     monkeypatch.setattr(gpu_plan, "family_check", family_check)

@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from study_fixtures import write_dataset
-from revtransfer.results import ResultsTable
+
+from probes import slurm as LS
 from probes.sweep import SweepError, SweepSpec, record_failure
 from revtransfer.launch import LaunchError
 from revtransfer.launch import slurm as S
-from probes import slurm as LS
 from revtransfer.launch.slurm import JobRecord, SlurmOptions, parse_mem, parse_time
+from revtransfer.results import ResultsTable
 
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}
 
@@ -182,7 +182,8 @@ def test_the_cell_job_runs_one_cell_with_the_local_code(tmp_path):
     write_dataset(tmp_path / "tf", n=120, size=16, seed=2, transfer=True)
     spec = SweepSpec.from_dict(_spec_dict(), tmp_path)
     cell = spec.cells()[1]
-    job = cloudpickle.loads(cloudpickle.dumps(EntryPointJob("probes.jobs:sweep_cell_task", spec, cell.cell_id)))  # as submitit ships it
+    job = EntryPointJob("probes.jobs:sweep_cell_task", spec, cell.cell_id)
+    job = cloudpickle.loads(cloudpickle.dumps(job))  # as submitit ships it
     assert job() == {"cell_id": cell.cell_id, "ran": True, "busy": False, "skipped": False, "error": None}
     table = ResultsTable(spec.out).read()
     assert list(table["cell_id"]) == [cell.cell_id] and table.iloc[0]["status"] == "ok"
@@ -207,8 +208,8 @@ def test_detection_ranks_and_address_come_from_slurm():
 
 
 def test_pretrain_refuses_to_queue_over_a_finished_run_without_resume(tmp_path, monkeypatch):
-    from revtransfer.train.jobs import check_resume as _check_pretrain_resume
     from revtransfer.train import PretrainConfig, pretrain
+    from revtransfer.train.jobs import check_resume as _check_pretrain_resume
 
     data = write_dataset(tmp_path / "d", n=60, size=16)
     cfg = PretrainConfig(dataset=str(data), out=str(tmp_path / "r"), model_kwargs=dict(TINY), epochs=1,

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import revtransfer
 from helpers import assert_same_grads, grads_of
-from revtransfer.reversible import set_backprop_mode
-from revtransfer.reversible import schedule as schedule_module
-from revtransfer.reversible import stack as stack_module
 from stream_sim import SimLane, SimLanes, StreamRace
 from test_reversible_engine import TwoStreamModel, loss_fn, make_stack
 from test_revmvit import ZERO_BY_SYMMETRY
 from test_revroberta import VOCAB, tiny_roberta
 from test_revroberta import loss_fn as roberta_loss
+
+import revtransfer
+from revtransfer.reversible import schedule as schedule_module
+from revtransfer.reversible import set_backprop_mode
+from revtransfer.reversible import stack as stack_module
 
 
 def simulated_grads(monkeypatch, model, inputs, loss, mode="pareprop"):
@@ -131,7 +131,9 @@ TINY = {
 def test_models_are_race_free_and_exact(monkeypatch, name):
     model = revtransfer.create_model(name, drop_rate=0.1, drop_path_rate=0.1, **TINY[name]).double().train()
     x = (torch.randn(2, 3, TINY[name]["img_size"], TINY[name]["img_size"], dtype=torch.float64),)
-    loss = lambda out: (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).square().sum()
+    def loss(out):
+        return (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).square().sum()
+
     ref = reference_grads(model, x, loss)
     got, sim = simulated_grads(monkeypatch, model, x, loss)
     assert_same_grads(got, ref, 1e-10, name, ZERO_BY_SYMMETRY)

@@ -143,9 +143,13 @@ def test_claims_are_also_judged_without_cells_below_the_sanity_bar(tmp_path):
     assert r.exit_code == 0, r.output
     claims = pd.read_csv(out / "claims.csv")
     only = claims[claims["probe"] == "main probe, cells >= 0.90 on X only"]
-    assert len(only) == 3 and only["evidence"].str.contains(r"\(n=2 seeds\)").any()
+    assert len(only) == 3 and only["role"].str.startswith("robustness: ").all()  # the declared (default) claims
+    full = pd.read_csv(out / "claims_full.csv")
+    robust = full[full["probe"] == "main probe, cells >= 0.90 on X only"]
+    assert (robust["n_pairs"] == 11).all() and (full.loc[~full.index.isin(robust.index), "n_pairs"] == 12).all()
     index = (out / "README.md").read_text()
     assert "1 cell(s) stayed below 0.90 on X" in index and "1 of 24 cells stayed below the 0.90" in index
+    assert "No declaration found next to the results" in index  # the default roles, said so
     # with every cell above the bar there is no such variant
     res.loc[short, "pretrain_val_acc"] = 0.91
     res.to_parquet(d / "results.parquet")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_same_grads, assert_train_forward_is_stochastic, compare_modes
 
 import revtransfer
-from helpers import assert_same_grads, assert_train_forward_is_stochastic, compare_modes
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

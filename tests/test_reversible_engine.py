@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_same_grads, compare_modes, count_saved_bytes
 from torch import nn
 
-from helpers import assert_same_grads, compare_modes, count_saved_bytes
 from revtransfer.reversible import (
     BACKPROP_MODES,
-    RNGState,
     ReversibleCoupling,
     ReversibleSequence,
     ReversibleStack,
+    RNGState,
     set_backprop_mode,
 )
 from revtransfer.reversible.stack import _ReversibleStackFunction

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from helpers import (
+    assert_modes_agree_in_forward,
+    assert_same_grads,
+    assert_saved_bytes_flat_in_stage_depth,
+    assert_train_forward_is_stochastic,
+    grads_of,
+)
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_modes_agree_in_forward, assert_train_forward_is_stochastic, assert_same_grads, assert_saved_bytes_flat_in_stage_depth, grads_of
 from revtransfer.models.revmvit import MViTTransition, RevMViT
 from revtransfer.reversible import ReversibleStack
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from helpers import assert_modes_agree_in_forward, assert_train_forward_is_stochastic, compare_modes, count_saved_bytes
 from torch import nn
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_modes_agree_in_forward, assert_train_forward_is_stochastic, compare_modes, count_saved_bytes
 from revtransfer.models.revroberta import RevRoberta
 from revtransfer.reversible import BACKPROP_MODES
 

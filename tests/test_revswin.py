@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from helpers import (
+    assert_modes_agree_in_forward,
+    assert_saved_bytes_flat_in_stage_depth,
+    assert_train_forward_is_stochastic,
+    compare_modes,
+)
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import assert_modes_agree_in_forward, assert_train_forward_is_stochastic, assert_saved_bytes_flat_in_stage_depth, compare_modes
 from revtransfer.models.revswin import RevSwin, SwinTransition, WindowAttentionSublayer
 from revtransfer.reversible import ReversibleStack
 

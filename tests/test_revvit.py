@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from helpers import compare_modes, saved_bytes_of_step
 
 import revtransfer
-from helpers import compare_modes, saved_bytes_of_step
 from revtransfer.models import RevViT
 
 TINY = dict(img_size=20, patch_size=5, embed_dim=16, num_heads=2, num_classes=3)

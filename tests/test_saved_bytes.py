@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import assert_same_grads, grads_of
 from torch import nn
 
 import revtransfer
-from helpers import assert_same_grads, grads_of
 from revtransfer.bench import saved_bytes
 from revtransfer.bench.saved_bytes import activation_bytes, main
 from revtransfer.models import _revparts, revvit

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import slurm_cluster
 import torch
 import yaml
 from click.testing import CliRunner
-
-import slurm_cluster
 from study_fixtures import write_dataset
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(240, method="signal")]

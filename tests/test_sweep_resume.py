@@ -6,11 +6,11 @@ import multiprocessing
 
 import pandas as pd
 import pytest
-
 from study_fixtures import write_dataset
-from revtransfer.results import ResultsTable
+
 from probes.sweep import SweepError, SweepSpec, run_sweep
 from revtransfer.atomic import atomic_write_text
+from revtransfer.results import ResultsTable
 
 
 def _spec(tmp_path, **over) -> SweepSpec:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from helpers import compare_modes
 from torch import nn
 
 import revtransfer  # noqa: F401  (registers the models)
-from helpers import compare_modes
 from revtransfer.models._revparts import merge_streams
 
 VIT = dict(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2, num_classes=3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from study_fixtures import TINY_VIT, write_dataset
+
 from revtransfer.train import PretrainConfig, build_model, load_checkpoint, pretrain
 
 

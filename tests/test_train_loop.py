@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from study_fixtures import TINY_VIT, write_dataset
-from revtransfer.train import CheckpointError, PretrainConfig, load_checkpoint, pretrain
+
 from revtransfer.data import BatchLoader, holdout_split, subset_fraction
+from revtransfer.train import CheckpointError, PretrainConfig, load_checkpoint, pretrain
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,9 @@ def bench(model_name, modes, batch_sizes, steps, warmup, rounds, device, precisi
     """Training-step throughput and memory per backward mode and batch size."""
     import torch
 
+    from revtransfer.atomic import atomic_write_json
     from revtransfer.bench.record import precision_name, records_to_dicts
     from revtransfer.bench.throughput import format_table, round_ratios, run_benchmark
-    from revtransfer.atomic import atomic_write_json
     from revtransfer.provenance import provenance, resolved_command
     from revtransfer.reversible import check_mode
 
@@ -43,7 +43,7 @@ def bench(model_name, modes, batch_sizes, steps, warmup, rounds, device, precisi
         try:
             check_mode(m)
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--modes")
+            raise click.BadParameter(str(e), param_hint="--modes") from None
     if threads:
         torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,8 +80,8 @@ def bench_reconstruction(model_name, depths, dtype, device, model_kw, out):
     """Input-reconstruction error of a reversible stack vs depth (random init)."""
     import torch
 
-    from revtransfer.bench.reconstruction import reconstruction_errors
     from revtransfer.atomic import atomic_write_json
+    from revtransfer.bench.reconstruction import reconstruction_errors
     from revtransfer.provenance import provenance, resolved_command
 
     records = reconstruction_errors(model_name, parse_positive_ints(depths), dtype=getattr(torch, dtype), device=device,

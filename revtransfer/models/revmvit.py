@@ -24,11 +24,11 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.mvitv2 import MultiScaleAttention, MultiScaleBlock
 from timm.models.mvitv2 import PatchEmbed as ConvPatchEmbed
+from torch import nn
 
 from revtransfer.reversible import ReversibleCoupling, ReversibleSequence, ReversibleStack, check_mode
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
 from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mode
 

@@ -17,11 +17,11 @@ before each patch merging is ``transition_fusion``: ``"concat"`` (concat, Linear
 from __future__ import annotations
 
 import torch
-from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging, WindowAttention, window_partition, window_reverse
+from torch import nn
 
 from revtransfer.reversible import ReversibleCoupling, ReversibleSequence, ReversibleStack, check_mode
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
 from revtransfer.reversible import ReversibleCoupling, ReversibleStack, check_mode
 

@@ -51,30 +51,160 @@ LEARNED_X = 0.90  # pretraining validation accuracy on X below which a backbone 
 
 
 def _claims_section(res, rows, out: Path) -> list[str]:
-    """The thesis's claims, each reproduced / refuted / inconclusive (revtransfer.report.claims), for
-    the main probe and, where present, the width-matched control. Needs >= 2 seeds. ``rows``: the
+    """The thesis's claims in the roles the study declared (``declaration.json`` next to the results
+    table; the defaults when there is none), each judged by ``revtransfer.report.claims`` on
+    ``revtransfer.report.stats`` (model over all pairs, sign-flip test, bootstrap over seeds and test
+    images, Holm over the secondary claims) with its power and the seeds a decisive answer needs;
+    the declaration's history; the group-sequential looks (``sequential.json``) where there are any;
+    the RevViT - ViT gap against k for a multi-k width control. Needs >= 2 seeds. ``rows``: the
     finished probe rows of ``res``."""
-    from .claims import claim_verdicts, learned_only
+    from .claims import declaration_lines, declaration_of, judge_declared, power_rows, verdict_table
 
-    variants = [("probe_acc", "main probe", res), ("probe_acc_matched", "width-matched control", res)]
-    acc = pd.to_numeric(rows.get("pretrain_val_acc", pd.Series(dtype=float)), errors="coerce")
-    short = int((acc < LEARNED_X).sum())
-    if short:  # the same rules without the cells that fell short of the sanity bar
-        variants.append(("probe_acc", f"main probe, cells >= {LEARNED_X:.2f} on X only", learned_only(res, LEARNED_X)))
-    parts = []
-    for column, label, data in variants:
-        if column not in rows or rows[column].isna().all() or rows["seed"].nunique() < 2:
-            continue
-        verdicts = pd.DataFrame(claim_verdicts(data, column)).assign(probe=label)
-        parts.append(verdicts[["claim", "probe", "verdict", "evidence"]])
-    if not parts:
+    if rows.empty or "seed" not in rows or rows["seed"].nunique() < 2:
         return []
-    table = pd.concat(parts, ignore_index=True)
-    note = (f" {short} cell(s) stayed below {LEARNED_X:.2f} on X, so the claims are also judged without them (a pair "
-            "with such a backbone drops out, and its seed from the pooled claims)." if short else "")
-    return ["### The thesis's claims\n",
-            "Each claim judged by the rules in `revtransfer/report/claims.py` (paired by seed, 95% t intervals "
-            "over seeds): reproduced, refuted or inconclusive." + note + "\n", write_table(table, out, "claims")]
+    record, record_dir, others = _find_declaration(res)
+    decl = declaration_of(record)
+    table = judge_declared(res, decl)
+    if table.empty or (table["verdict"] == "not testable").all():
+        return []
+    acc = pd.to_numeric(rows.get("pretrain_val_acc", pd.Series(dtype=float)), errors="coerce")
+    bar = decl.min_x_acc
+    short = int((acc < bar).sum()) if bar is not None else 0
+    if short:  # the declared claims again without the cells that fell short of the sanity bar
+        robust = judge_declared(res, decl, min_x_acc=bar, only_declared=True)
+        robust = robust.assign(role="robustness: " + robust["role"],
+                               probe=robust["probe"] + f", cells >= {bar:.2f} on X only")
+        table = pd.concat([table, robust], ignore_index=True)
+    atomic_write_text(out / "claims_full.csv", table.drop(columns=["kind"], errors="ignore").to_csv(index=False))
+    primary = table[table["role"] == "primary"].iloc[0]
+    sections = ["### The thesis's claims\n",
+                f"Primary claim, declared in advance: **{primary['claim_id']}: {primary['claim']}** on the "
+                f"{primary['probe']}: **{primary['verdict']}**. Secondary: "
+                f"{', '.join(decl.secondary) or 'none'} (Holm over these); exploratory: "
+                f"{', '.join(decl.exploratory) or 'none'} and every claim not declared (unadjusted, never "
+                "confirmatory).\n",
+                "Rules (`revtransfer/report/claims.py`, `revtransfer/report/stats.py`): gains in accuracy points "
+                "(RevViT − ViT), each claim a contrast with equal weight per (corr, fraction) cell in a model over "
+                "all pairs (cell × arch means, a residual variance per correlation, Satterthwaite df): its 95% "
+                "interval; a bootstrap over seeds and test images (95%); for (a) the exact sign-flip permutation "
+                f"test over the pairs; one-sided alpha {decl.alpha:g}, smallest effect of interest "
+                f"{decl.sesoi:g} points. The primary (a) is reproduced only when the model, the sign-flip test "
+                "and the bootstrap agree, refuted when all three exclude the sesoi; the secondary claims go "
+                "through Holm's step-down, for \"reproduced\" and for \"refuted\" alike. d: Cohen's d "
+                "(the estimate over the pooled within-cell SD)."
+                + (f" {short} cell(s) stayed below {bar:.2f} on X, so the declared claims are judged again "
+                   "without them (robustness rows; a pair with such a backbone drops out)." if short else "")
+                + " All figures: [claims_full.csv](claims_full.csv).\n",
+                write_table(verdict_table(table), out, "claims")]
+    decl_text = declaration_lines(record, res)
+    if record_dir is not None:
+        decl_text.append(f"Record: `{_shown_path(record_dir / 'declaration.json')}`.")
+    if others:
+        decl_text.append(f"Other declarations among the results (not used here): {', '.join(others)}.")
+    sections += ["#### Declaration\n", " ".join(decl_text) + "\n"]
+    power = power_rows(table[~table["role"].str.startswith("robustness")], decl.effects)
+    if not power.empty:
+        sections += ["#### Power and seeds needed\n",
+                     f"Per claim at the present seeds: the smallest true gain detected with {decl.power:.0%} power "
+                     "(two-sided 2 × alpha; a secondary claim at that over the family size, Holm's first step), "
+                     "the power at " + ", ".join(f"{e:g}" for e in decl.effects) + " point(s), and the seeds per "
+                     "cell and arch a fixed-sample study would need for them (variance: seeds plus the test set's "
+                     "binomial error). `revtransfer sweep FILE --plan` prints the same before compute is spent.\n",
+                     write_table(power, out, "claims_power")]
+    sections += _sequential_section(record_dir, out)
+    sections += _gap_vs_k_section(res, rows, decl, out)
+    return sections
+
+
+def _find_declaration(res) -> tuple[dict | None, Path | None, list[str]]:
+    """The first declaration.json next to a results table of ``res`` (and the other ones' digests)."""
+    from .claims import read_declaration
+
+    found = []
+    files = sorted(set(res["results_file"].dropna())) if "results_file" in res else []
+    for f in files:
+        d = Path(f).parent
+        rec = read_declaration(d)
+        if rec:
+            found.append((rec, d))
+    if not found:
+        return None, None, []
+    rec, d = found[0]
+    return rec, d, [f"{r.get('sweep')} `{r.get('digest')}`" for r, _ in found[1:]]
+
+
+def _sequential_section(record_dir: Path | None, out: Path) -> list[str]:
+    from .claims import read_sequential, sequential_table
+
+    state = read_sequential(record_dir) if record_dir is not None else None
+    if not state or not state.get("looks"):
+        return []
+    t = sequential_table(state)
+    return ["#### Seeds until decided: the group-sequential looks\n",
+            f"Primary claim {state.get('primary')}, {state.get('spending')} alpha spending, one-sided alpha "
+            f"{state.get('alpha')}, at most {state.get('max_seeds')} seeds per cell and arch "
+            f"({state.get('allocation')} allocation); information fraction = the primary contrast's variance at the "
+            f"design's end over its variance at the look. Status: **{state.get('status')}**: "
+            f"{state.get('message', '')} ([sequential.csv](sequential.csv)).\n", write_table(t, out, "sequential")]
+
+
+def _gap_vs_k_section(res, rows, decl, out: Path) -> list[str]:
+    """The RevViT - ViT gap (the declared primary claim's kind) on the top-k PCA components against k,
+    one point per width-matched column (probe_acc_k<k>, probe_acc_matched at matched_dim), with the
+    full-width probe as a reference line."""
+    from .claims import fit_column
+
+    cols = {}
+    for c in res.columns:
+        if c.startswith("probe_acc_k") and c[11:].isdigit() and pd.to_numeric(res[c], errors="coerce").notna().any():
+            cols[int(c[11:])] = c
+    if "probe_acc_matched" in res and "matched_dim" in rows and pd.to_numeric(rows["matched_dim"],
+                                                                             errors="coerce").notna().any():
+        k = int(pd.to_numeric(rows["matched_dim"], errors="coerce").max())
+        cols.setdefault(k, "probe_acc_matched")
+    if not cols:
+        return []
+    pts = []
+    for k, c in sorted(cols.items()) + [(None, "probe_acc")]:
+        fit = fit_column(res, c, decl.alpha, decl.sesoi, n_boot=200)
+        if fit is None:
+            continue
+        m = fit.model.main
+        pts.append({"k": "full width" if k is None else k, "column": c, "gain (points)": m.estimate,
+                    "ci_low": m.ci_low, "ci_high": m.ci_high, "se": m.se, "d": m.d})
+    if len(pts) < 2:
+        return []
+    t = pd.DataFrame(pts)
+    md = write_table(t, out, "gap_vs_k", "RevViT minus ViT probe gain (mean over cells, points) against the number "
+                                         "of PCA components k, with the model's 95% interval")
+    sections = ["#### The gap against the width k\n",
+                "The mean RevViT − ViT gain (claim (a)'s contrast) on each backbone's top-k PCA components, for "
+                "every k the width control probed, and on the full features (RevViT 2C, ViT C wide): where it "
+                "stays as k grows, the gain is not the width's ([csv](gap_vs_k.csv)).\n"]
+    ks = t[t["k"] != "full width"]
+    if len(ks) >= 2:
+        _plot_gap_vs_k(ks, t[t["k"] == "full width"], out / "gap_vs_k.png")
+        sections.append("![gap against k](gap_vs_k.png)\n")
+    return sections + [md]
+
+
+def _plot_gap_vs_k(ks: pd.DataFrame, full: pd.DataFrame, path: Path) -> None:
+    from .plots import _save, plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    k = ks["k"].astype(float)
+    ax.errorbar(k, ks["gain (points)"], yerr=[ks["gain (points)"] - ks["ci_low"], ks["ci_high"] - ks["gain (points)"]],
+                marker="o", capsize=3, label="top-k PCA components")
+    if len(full):
+        g = float(full["gain (points)"].iloc[0])
+        ax.axhline(g, ls="--", color="gray", label=f"full features ({g:+.1f})")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (PCA components per backbone)")
+    ax.set_ylabel("RevViT − ViT probe accuracy (points)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
 
 
 def _header(meta: dict, title: str, intro: str | None) -> list[str]:
@@ -165,14 +295,57 @@ def _sanity_section(rows: pd.DataFrame, out: Path) -> list[str]:
 
 
 def _detection_section(res: pd.DataFrame, out: Path) -> list[str]:
+    """Frozen-backbone detection: AP per arch beside its floor (random-init frozen) and ceiling
+    (fine-tuned), the verdict on claim (c) per part of the study (main, width control), AP against
+    iterations, and every run."""
     det = tables.detection_table(res)
     if det.empty:
         return []
-    if "dataset" in det:
-        det = det.assign(dataset=det["dataset"].map(_shown_path))
+    for col in ("dataset", "val_dataset"):
+        if col in det:
+            det = det.assign(**{col: det[col].map(_shown_path)})
+    sections = ["## Detection: frozen-backbone ViTDet\n"]
+    summary = tables.detection_summary(res)
+    if not summary.empty:
+        sections += ["Held-out box and mask AP (mean and SD over runs) of each arch's frozen pretrained backbone "
+                     "(`frozen`), beside the same arch frozen at random initialisation (`floor`: what the heads "
+                     "learn alone) and fine-tuned (`ceiling`); `tag` names a part of a study (e.g. the width "
+                     "control) ([csv](detection_summary.csv)).\n", write_table(summary, out, "detection_summary")]
+    sections += _detection_claim(res, out)
+    curves = tables.detection_curves(res)
+    if not curves.empty:
+        plots.detection_curves(curves, out / "detection_ap.png")
+        sections.append("![held-out AP against iterations](detection_ap.png)\n")
     md = write_table(det, out, "detection", "Frozen-backbone ViTDet: box and mask AP")
-    return ["## Detection: frozen-backbone ViTDet\n", "([csv](detection.csv), [tex](detection.tex))\n", md,
-            _provenance_lines(res[res.get("box_AP").notna()] if "box_AP" in res else res)]
+    sections += ["### Every detection run\n", "([csv](detection.csv), [tex](detection.tex))\n", md,
+                 _provenance_lines(res[res.get("box_AP").notna()] if "box_AP" in res else res)]
+    return sections
+
+
+def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
+    """Claim (c) by the rules of ``revtransfer.report.detection_claim``, for each tag that has frozen
+    pretrained runs of both archs; none with fewer than 2 runs per arch."""
+    from .detection_claim import PAIRS, judge_detection
+
+    rows = res[res["box_AP"].notna()] if "box_AP" in res else pd.DataFrame()
+    if rows.empty or "backbone_role" not in rows:
+        return []
+    tags = sorted(set(rows.loc[rows["backbone_role"] == "frozen", "tag"].fillna(""))) if "tag" in rows else [""]
+    archs = set(rows["arch"])
+    verdicts = [dict(judge_detection(rows, rev, base, tag=t or None), pair=f"{rev} vs {base}")
+                for rev, base in PAIRS.items() if rev in archs and base in archs for t in tags]
+    verdicts = [v for v in verdicts if min(v["n_reversible"], v["n_baseline"]) >= 2]
+    if not verdicts:
+        return []
+    table = pd.DataFrame([{"claim": v["claim"], "pair": v["pair"], "rows": v["tag"] or "main", "runs per arch":
+                           f"{v['n_reversible']}/{v['n_baseline']}", "verdict": v["verdict"],
+                           "converged": v.get("converged"), "evidence": v["evidence"]} for v in verdicts])
+    return ["### Claim (c): frozen RevViT >= ViT in box and mask AP\n",
+            "Judged by the rules in `revtransfer/report/detection_claim.py`, fixed before the runs: Welch "
+            "intervals of RevViT − ViT mean AP and a permutation test of the arch labels; reproduced when both "
+            "box and mask AP are credibly higher, refuted when either is credibly lower (Holm), else "
+            "inconclusive, with the smallest difference the runs could detect (80% power).\n",
+            write_table(table, out, "detection_claim")]
 
 
 def _bench_sections(bench, out: Path) -> list[str]:
@@ -198,9 +371,10 @@ def _bench_sections(bench, out: Path) -> list[str]:
         sections += ["## Reconstruction error vs depth\n", "max |x - inverse(forward(x))| / max |x| over the "
                      "stack's inputs: what reprop/pareprop recompute from (`revtransfer bench-reconstruction`).\n", md]
     if bench_meta:
-        sections += ["### Benchmark commands\n", "".join(f"- `{m.get('command')}` ({m.get('date')}, commit {m.get('git_commit')}, "
-                                               f"{m.get('machine', {}).get('gpu') or 'CPU'}, torch "
-                                               f"{m.get('versions', {}).get('torch')})\n" for m in bench_meta)]
+        lines = [f"- `{m.get('command')}` ({m.get('date')}, commit {m.get('git_commit')}, "
+                 f"{m.get('machine', {}).get('gpu') or 'CPU'}, torch {m.get('versions', {}).get('torch')})\n"
+                 for m in bench_meta]
+        sections += ["### Benchmark commands\n", "".join(lines)]
     return sections
 
 

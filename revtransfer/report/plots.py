@@ -96,7 +96,7 @@ def detection_curves(curves: pd.DataFrame, path: Path) -> Path:
     """Held-out box and mask AP against training iterations, one line per run: frozen pretrained
     (solid), random-init floor (dotted), fine-tuned ceiling (dashed), colour by arch."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
-    for (run, arch, role), g in curves.groupby(["run_dir", "arch", "backbone_role"], sort=True):
+    for (_run, arch, role), g in curves.groupby(["run_dir", "arch", "backbone_role"], sort=True):
         g = g.sort_values("iteration")
         style = dict(_ARCH_STYLE.get(arch, dict(label=arch, marker="o")))
         style.update(_ROLE_STYLE.get(role, {}), label=f"{style.get('label', arch)} {role}", markersize=3)

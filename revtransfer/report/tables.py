@@ -136,9 +136,11 @@ def detection_summary(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows = rows.assign(tag=rows["tag"].fillna("") if "tag" in rows else "",
                        backbone_role=rows["backbone_role"] if "backbone_role" in rows else "frozen")
-    out = rows.groupby(["tag", "arch", "backbone_role"]).agg(
-        runs=("box_AP", "size"), iterations=("iterations", "max"), box_AP=("box_AP", "mean"),
-        box_AP_sd=("box_AP", "std"), mask_AP=("mask_AP", "mean"), mask_AP_sd=("mask_AP", "std")).reset_index()
+    aggs = dict(runs=("box_AP", "size"), box_AP=("box_AP", "mean"), box_AP_sd=("box_AP", "std"),
+                mask_AP=("mask_AP", "mean"), mask_AP_sd=("mask_AP", "std"))
+    if "iterations" in rows:
+        aggs["iterations"] = ("iterations", "max")
+    out = rows.groupby(["tag", "arch", "backbone_role"]).agg(**aggs).reset_index()
     order = {"frozen": 0, "floor": 1, "ceiling": 2}
     return out.sort_values(["tag", "arch", "backbone_role"], key=lambda c: c.map(order) if c.name == "backbone_role"
                            else c).reset_index(drop=True)

@@ -4,7 +4,7 @@ from revtransfer.data import BatchLoader, ClevrArrays, DatasetError, Normalize, 
 
 from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint, load_training_checkpoint, save_checkpoint
 from .config import PretrainConfig
-from .pretrain import PretrainResult, Pretrainer, build_model, pretrain, read_summary
+from .pretrain import Pretrainer, PretrainResult, build_model, pretrain, read_summary
 
 __all__ = [
     "BEST", "LAST", "BatchLoader", "CheckpointError", "ClevrArrays", "DatasetError", "Normalize",

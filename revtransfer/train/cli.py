@@ -10,8 +10,8 @@ import click
 import yaml
 
 from revtransfer.errors import yaml_problem
-from revtransfer.options import parse_model_kwargs
 from revtransfer.launch.options import launcher_options, pop_launcher_options
+from revtransfer.options import parse_model_kwargs
 from revtransfer.reversible import BACKPROP_MODES
 
 from .config import PRECISIONS, PretrainConfig
@@ -76,7 +76,8 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
         try:
             data = yaml.safe_load(open(config_file)) or {}
         except yaml.YAMLError as e:
-            raise click.BadParameter(f"{config_file} is not valid YAML: {yaml_problem(e)}", param_hint="--config")
+            raise click.BadParameter(f"{config_file} is not valid YAML: {yaml_problem(e)}",
+                                     param_hint="--config") from None
         if not isinstance(data, dict):
             raise click.BadParameter(f"{config_file} holds no mapping of settings", param_hint="--config")
         base = dict(data.get("config", data))
@@ -114,9 +115,9 @@ def pretrain(dataset, out, config_file, arch, model_kw, backprop, epochs, batch_
         click.echo(format_throughput(result))
         click.echo(f"wrote {os.path.join(cfg.out, 'throughput.json')}")
         return
-    from .pretrain import pretrain as run
-
     import torch.distributed as dist
+
+    from .pretrain import pretrain as run
 
     result = run(cfg, resume=resume, progress=progress)
     if dist.is_initialized():  # under torchrun: one report, and a clean shutdown of the group

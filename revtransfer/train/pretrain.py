@@ -20,18 +20,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from revtransfer.atomic import atomic_write_json, atomic_write_yaml
+from revtransfer.data import BatchLoader, ClevrArrays, Normalize, holdout_split, open_dataset, subset_fraction
 from revtransfer.device import resolve_device as _resolve_device
-from revtransfer.models import build_model as _build_model, is_reversible, norm_stats
+from revtransfer.models import build_model as _build_model
+from revtransfer.models import is_reversible, norm_stats
 from revtransfer.models.weights import load_weights
+from revtransfer.provenance import provenance
 
 from . import distributed as D
-from revtransfer.atomic import atomic_write_json, atomic_write_yaml
-from .checkpoint import BEST, LAST, CheckpointError, capture_rng_state, load_training_checkpoint, \
-    restore_rng_state, save_checkpoint
+from .checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import PretrainConfig
-from revtransfer.data import BatchLoader, ClevrArrays, Normalize, holdout_split, open_dataset, subset_fraction
 from .metrics import MetricsLog, peak_memory_mb, reset_peak_memory
-from revtransfer.provenance import provenance
 from .step import TrainStep, autocast_for, make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)

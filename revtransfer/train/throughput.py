@@ -8,12 +8,9 @@ memory map, normalised on device, forward, backward, AdamW, scheduler) per model
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -22,18 +19,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from revtransfer.models import is_reversible
-from revtransfer.options import parse_model_kwargs
-from revtransfer.provenance import provenance
-from revtransfer.reversible import BACKPROP_MODES
-
 from revtransfer.atomic import atomic_write_json
 from revtransfer.bench.record import BenchRecord, ratio_summary, summarize
-from .config import PretrainConfig
 from revtransfer.data import BatchLoader, Normalize, holdout_split, open_dataset, subset_fraction
-from .metrics import peak_memory_mb, reset_peak_memory
-from revtransfer.models import norm_stats
+from revtransfer.models import is_reversible, norm_stats
+from revtransfer.provenance import provenance
 
+from .config import PretrainConfig
+from .metrics import peak_memory_mb, reset_peak_memory
 from .pretrain import DTYPES, build_model, resolve_device
 from .step import TrainStep, make_optimizer, make_scheduler
 

@@ -8,12 +8,12 @@ few boxes, heads are narrow and anchors fit objects of 4-60 pixels.
 Micro models have patch size 5: their stride-5 tokens are resampled to stride 4 (see TimmViT), the
 pyramid takes scales (2, 1, 1/2) of that (p1-p3) plus a max-pooled p4.
 """
-import torch
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 import detectron2.data.transforms as T
+import torch
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detection.layers import LayerNorm2d
 from detection.pyramid import MaxPoolTopBlock

@@ -3,11 +3,11 @@
 frozen single-scale backbone in place of ViTDet's ViT. As in the thesis (section 4.3): no window
 attention, no relative positions, no global/conv propagation blocks, backbone frozen.
 """
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detection.backbone import TimmViT
 from detection.data import NpyDatasetMapper
