@@ -148,12 +148,13 @@ class _Runner:
 
 
 def run_bench(variants: list[Variant], out: str, iters: int = 5, warmup: int = 2, batch_size: int = 2,
-              device: str | None = None, rounds: int = 1, progress=None) -> dict:
+              device: str | None = None, rounds: int = 1, progress=None, reference: str | None = None) -> dict:
     """Time every variant's training iteration, interleaved: each is built and warmed up, then in
     each of ``rounds`` rounds every variant runs ``iters`` iterations, in an order rotated by one per
     round, so a drift of the machine's speed falls on all alike. Records give samples/s min /
-    median / max over rounds; ratios (each variant over the first of the same arch) are taken
-    within rounds. Written atomically to ``out`` as a bench JSON (measure ``detect_step``)."""
+    median / max over rounds; ratios (each variant over the reference of the same arch: the variant
+    labelled ``...:<reference>``, else the first) are taken within rounds. Written atomically to
+    ``out`` as a bench JSON (measure ``detect_step``)."""
     if iters < 1 or rounds < 1:
         raise ValueError(f"iters={iters} and rounds={rounds} must be at least 1")
     runners = []
@@ -180,8 +181,8 @@ def run_bench(variants: list[Variant], out: str, iters: int = 5, warmup: int = 2
             statistics.median(rates), rates, summarize(rates))
         rec.step_ms_median, rec.rounds = 1e3 * batch_size / rec.samples_per_s, rounds
         records.append(rec)
-        first = next(j for j, q in enumerate(runners)
-                     if backbone_net(q.cfg.model.backbone).model_name == arch)
+        same = [j for j, q in enumerate(runners) if backbone_net(q.cfg.model.backbone).model_name == arch]
+        first = next((j for j in same if reference and runners[j].variant.label.endswith(f":{reference}")), same[0])
         if first != i:
             ratios.append(ratio_summary(rates, [per_round[k][first] for k in range(rounds)], model=arch,
                                         numerator=r.variant.label, denominator=runners[first].variant.label))

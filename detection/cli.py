@@ -133,9 +133,11 @@ def eval_(weights, **kw):
 @click.option("--device", help="cpu or cuda (default: the config's).")
 @click.option("--compare-unfrozen/--no-compare-unfrozen", default=True, show_default=True,
               help="Also time each config with a trainable backbone, for reference.")
+@click.option("--reference", default=None, metavar="LABEL",
+              help="Ratios over this --variant (of the same arch); default: the config as it is.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
 @click.argument("overrides", nargs=-1)
-def bench(configs, variants, iters, warmup, rounds, batch_size, device, compare_unfrozen, out, overrides):
+def bench(configs, variants, iters, warmup, rounds, batch_size, device, compare_unfrozen, reference, out, overrides):
     """Seconds per training iteration split into backbone forward, rest of forward, backward and
     step, plus peak memory and the number of backward ops that ran inside the backbone (0 when
     frozen); several configs and variants are timed interleaved, over rounds.
@@ -162,7 +164,7 @@ def bench(configs, variants, iters, warmup, rounds, batch_size, device, compare_
         if compare_unfrozen:
             todo.append(Variant(f"{name}:unfrozen", config, common, frozen=False))
     _print(run_bench(todo, out, iters=iters, warmup=warmup, batch_size=batch_size, device=device, rounds=rounds,
-                     progress=lambda line: click.echo(line, err=True)))
+                     progress=lambda line: click.echo(line, err=True), reference=reference))
 
 
 def _train_on_slurm(args, options, nodes, gpus_per_node, wait):
