@@ -219,6 +219,19 @@ def do_train(cfg, resume: bool = False) -> dict:
     return dict(last), model
 
 
+def _reset_loggers() -> None:
+    """detectron2's ``setup_logger`` adds handlers per output dir to the same loggers: a second run in
+    one process would print every line twice (and write it to the first run's log)."""
+    from detectron2.utils.logger import setup_logger
+
+    for name in ("detectron2", "fvcore", "d2"):
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+            handler.close()
+    setup_logger.cache_clear()
+
+
 def run(args: RunArgs) -> dict:
     """One process's work (what ``launch`` calls): train or evaluate, then record the run."""
     start = time.time()
@@ -227,6 +240,7 @@ def run(args: RunArgs) -> dict:
         # Denormal floats (tiny AdamW moments, near-zero activations) slow CPU math by 5-10x as
         # training goes on; flushing them to zero costs no accuracy that matters here.
         torch.set_flush_denormal(True)
+    _reset_loggers()  # one process may train several detectors (the demo, the ladder): one log each
     default_setup(cfg, argparse.Namespace(**asdict(args), config_file=""))
     if args.eval_only:
         model = build_model(cfg)
