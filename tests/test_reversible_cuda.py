@@ -10,6 +10,7 @@ import torch
 from helpers import assert_same_grads, assert_train_forward_is_stochastic, compare_modes
 
 import revtransfer
+from revtransfer.bench.gpu_plan import cuda_activation_bytes
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -73,22 +74,7 @@ def test_cuda_bf16_autocast_grads_with_dropout_close():
         assert_same_grads(run(mode), ref, BF16_RTOL, f"{mode}, bf16 autocast with dropout")
 
 
-def _activation_bytes(depth, mode):
-    """Peak memory of a training step beyond the parameters and their grads."""
-    m = model(depth, backprop=mode)
-    x = torch.randn(16, 3, 32, 32, device="cuda")
-    m(x).sum().backward()  # warm up kernels and the allocator
-    m.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    m(x).sum().backward()
-    torch.cuda.synchronize()
-    grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in m.parameters())
-    return torch.cuda.max_memory_allocated() - before - grad_bytes
-
-
 @pytest.mark.parametrize("mode", ["reprop", "pareprop"])
 def test_cuda_peak_activation_memory_flat_in_depth(mode):
-    assert _activation_bytes(24, mode) <= 1.2 * _activation_bytes(4, mode)
-    assert _activation_bytes(24, "backprop") > 3 * _activation_bytes(24, mode)
+    assert cuda_activation_bytes(24, mode) <= 1.2 * cuda_activation_bytes(4, mode)
+    assert cuda_activation_bytes(24, "backprop") > 3 * cuda_activation_bytes(24, mode)

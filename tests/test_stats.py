@@ -261,7 +261,6 @@ def test_sequential_rule_keeps_type_one_error_under_the_null():
 
 
 # --- the CPU study's committed rows --------------------------------------------------------------------
-@pytest.mark.skipif(not STUDY.exists(), reason="reports/study_cpu/results/results.csv not in this checkout")
 def test_the_cpu_study_rows_give_the_known_numbers():
     res = pd.read_csv(STUDY)
     rows = S.study_rows(res)

@@ -308,8 +308,9 @@ def family_check(device: str, amp: str, family: str) -> dict:
             "passed": worst <= rtol}
 
 
-def _activation_bytes(depth: int, mode: str, device) -> int:
-    """Peak CUDA memory of a training step beyond the parameters and their grads."""
+def cuda_activation_bytes(depth: int, mode: str, device="cuda") -> int:
+    """Peak CUDA memory of a training step beyond the parameters and their grads (revvit_micro at
+    32x32, batch 16): the check here and tests/test_reversible_cuda.py measure with it."""
     import torch
 
     from revtransfer.models import create_model
@@ -335,7 +336,7 @@ def activation_memory_check(device: str) -> dict:
 
     if torch.device(device).type != "cuda":
         return {"skipped": "peak CUDA memory needs CUDA (on CPU the tests count the bytes saved for backward)"}
-    by = {mode: {str(d): _activation_bytes(d, mode, device) for d in (4, 24)} for mode in MODES}
+    by = {mode: {str(d): cuda_activation_bytes(d, mode, device) for d in (4, 24)} for mode in MODES}
     flat = all(by[m]["24"] <= 1.2 * by[m]["4"] for m in ("reprop", "pareprop"))
     grows = by["backprop"]["24"] > 3 * max(by["reprop"]["24"], by["pareprop"]["24"])
     return {"activation_bytes": by, "flat_in_depth": flat, "backprop_grows": grows, "passed": flat and grows}

@@ -60,20 +60,11 @@ def _permutation_p(rev: np.ndarray, vit: np.ndarray) -> float:
     return float(res.pvalue)
 
 
-def _mde(se: float, df: float, alpha: float, power: float = 0.8) -> float:
-    """Smallest difference a one-sided t test at ``alpha`` detects with ``power`` (normal-t approximation)."""
-    from scipy.stats import t
-
-    if not (se > 0 and df > 0):
-        return math.nan
-    return float((t.ppf(1 - alpha, df) + t.ppf(power, df)) * se)
-
-
 def judge_detection(rows: pd.DataFrame, reversible: str = "revvit_micro", baseline: str = "vit_micro",
                     alpha: float = 0.025, tag: str | None = None) -> dict:
     """The verdict on (c) from detection rows (see the module docstring); ``tag`` picks the rows
     of one part of a study (e.g. ``width-control``), None takes those without a tag."""
-    from revtransfer.report.stats import holm
+    from revtransfer.report.stats import holm, min_detectable_effect
 
     frozen = rows[(rows.get("backbone_role") == "frozen") & rows["box_AP"].notna()] if len(rows) else rows
     if "tag" in frozen:
@@ -89,7 +80,8 @@ def judge_detection(rows: pd.DataFrame, reversible: str = "revvit_micro", baseli
         a, b = rev[m].to_numpy(float), vit[m].to_numpy(float)
         tests[m] = {**_welch(a, b, alpha), "p_permutation": _permutation_p(a, b),
                     "mean_reversible": float(a.mean()), "mean_baseline": float(b.mean())}
-        tests[m]["mde"] = _mde(tests[m]["se"], tests[m]["df"], alpha)
+        # the one-sided test at alpha has the power of the two-sided one at 2 alpha (noncentral t)
+        tests[m]["mde"] = min_detectable_effect(tests[m]["se"], tests[m]["df"], alpha=2 * alpha)
     support = all(tests[m]["p_greater"] < alpha and tests[m]["p_permutation"] < alpha for m in METRICS)
     refute_any, _ = holm([tests[m]["p_less"] for m in METRICS], alpha)
     verdict = "reproduced" if support else "refuted" if refute_any.any() else "inconclusive"
