@@ -34,8 +34,10 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 
+from .amp import autocast_state
 from .checkpoint import NO_CHECKPOINT, BackboneCheckpointError, load_backbone_checkpoint
 from .errors import ConfigError
+from .feature_cache import FeatureCache, cached_forward
 
 SINGLE_SCALE = "single-scale image models (ViT, RevViT: vit_*, revvit_*)"
 HIERARCHICAL = "hierarchical image models (RevSwin, RevMViT: revswin_*, revmvit_*)"
@@ -80,6 +82,12 @@ def check_model(model: nn.Module, model_name: str, backbone: str) -> None:
         raise ConfigError(f"{model_name} has a single feature stride ({', '.join(map(str, strides)) or 'none'}): "
                           f"TimmHierarchical takes {HIERARCHICAL}; use TimmViT under ViTDet's pyramid "
                           "(e.g. the config coco_mask_rcnn_revvit_base_frozen)")
+
+
+def autocast_key(device_type: str) -> str:
+    """The autocast state of ``device_type`` as text ("off" or its dtype): part of a cached map's key."""
+    enabled, dtype = autocast_state(device_type)
+    return str(dtype) if enabled else "off"
 
 
 class _FrozenTimm(Backbone):
@@ -129,6 +137,10 @@ class TimmViT(_FrozenTimm):
             Half of a RevViT's concat width (C of its 2C) is the width control: a fixed projection,
             the mean of the two normalised streams' halves, so the pyramid gets C channels as from
             a ViT of the same width, with nothing fitted.
+        feature_cache_mb: keep a frozen backbone's feature maps by input image, up to this many
+            MiB, and run the model only on images it has not seen
+            (:mod:`detection.feature_cache`: worth it when the augmentation repeats inputs, e.g.
+            flips only); 0: off. Ignored for a trainable backbone.
     """
 
     @configurable
@@ -142,11 +154,15 @@ class TimmViT(_FrozenTimm):
         feature_stride: int | None = None,
         model_kwargs: dict | None = None,
         out_channels: int | None = None,
+        feature_cache_mb: float = 0,
     ):
         super().__init__()
         from revtransfer.models import create_model  # registers our models in timm
 
         check_model(probe_model(model_name, model_kwargs), model_name, "TimmViT")
+        if feature_cache_mb < 0:
+            raise ValueError(f"feature_cache_mb={feature_cache_mb}: give a size in MiB, or 0 for no cache")
+        self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20)) if feature_cache_mb else None
         kwargs = {"num_classes": 0, "dynamic_img_size": True, **dict(model_kwargs or {})}
         self.encoder = create_model(model_name, **kwargs)
         self.checkpoint_load = load_backbone_checkpoint(self.encoder, checkpoint) if checkpoint else dict(NO_CHECKPOINT)
@@ -187,12 +203,20 @@ class TimmViT(_FrozenTimm):
         return self._size_divisibility
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        B, _, H, W = x.shape
+        _, _, H, W = x.shape
         if H % self._size_divisibility or W % self._size_divisibility:
             raise ValueError(
                 f"{self.model_name}: input size {H}x{W} is not a multiple of {self._size_divisibility} "
                 f"(patch size {self.patch_size}, feature stride {self.feature_stride}); pad the images "
                 f"to a multiple of it (e.g. set model.backbone.square_pad to one)")
+        if self.feature_cache is not None and self.frozen:
+            fmap = cached_forward(self.feature_cache, x, self._feature_map, autocast_key(x.device.type))
+        else:
+            fmap = self._feature_map(x)
+        return {self._out_features[0]: fmap}
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
         with self._no_grad():
             tokens = self.encoder.forward_features(x)
         gh, gw = H // self.patch_size, W // self.patch_size
@@ -204,7 +228,7 @@ class TimmViT(_FrozenTimm):
         if self.feature_stride != self.patch_size:
             fmap = F.interpolate(fmap, size=(H // self.feature_stride, W // self.feature_stride),
                                  mode="bilinear", align_corners=False)
-        return {self._out_features[0]: fmap}
+        return fmap
 
 
 @BACKBONE_REGISTRY.register()

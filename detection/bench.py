@@ -4,7 +4,10 @@ optimizer step, peak memory, and the number of autograd backward ops that ran in
 (profiled; attention and native LayerNorm backward only occur there, detectron2's heads use their
 own LayerNorm). With ``compare_unfrozen`` the same detector is also timed with a trainable
 backbone, so the backward time the frozen one saves is visible. Inputs are synthetic (random
-images with a few box+mask instances at the config's padded size), so no dataset is needed.
+images with a few box+mask instances at the config's padded size), so no dataset is needed; with
+``data`` (a COCO dataset: clevr_gen's folder, or ``coco.json`` beside its images) each iteration
+instead takes its batch from the config's own training loader (mapper, augmentation, workers), as
+detectron2's trainer does, and the wait for it (``data_s``) counts in the iteration's time.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from detectron2.config import instantiate
@@ -62,21 +66,43 @@ class Variant:
     frozen: bool = True
 
 
-class _Runner:
-    """A built detector with its optimizer, timed one training iteration at a time: forward (split
-    at the backbone by hooks), backward, optimizer step, under the trainer's autocast."""
+def dataset_paths(data: str | Path) -> tuple[str, str]:
+    """(json, images) of a COCO dataset given as clevr_gen's folder (``coco.json`` + ``images.npy``)
+    or as its json file (images beside it)."""
+    p = Path(data)
+    json_file = p / "coco.json" if p.is_dir() else p
+    if not json_file.is_file():
+        raise FileNotFoundError(f"--data {str(data)!r}: no COCO json there (expected a clevr_gen dataset folder "
+                                "with coco.json, or a .json file)")
+    return str(json_file), str(json_file.parent)
 
-    def __init__(self, variant: Variant, batch_size: int, device: str | None):
+
+class _Runner:
+    """A built detector with its optimizer, timed one training iteration at a time: the batch (from
+    the training loader with ``data``), forward (split at the backbone by hooks), backward,
+    optimizer step, under the trainer's autocast."""
+
+    def __init__(self, variant: Variant, batch_size: int, device: str | None, data: str | None = None,
+                 image_size: int | None = None):
+        from .config import prepare
         from .train_net import training_precision
 
         self.variant = variant
-        cfg = build_config(variant.config, device=device, overrides=list(variant.overrides))
+        overrides = list(variant.overrides)
+        paths = dataset_paths(data) if data else (None, None)
+        if data:
+            overrides.append(f"dataloader.train.total_batch_size={batch_size}")
+        cfg = build_config(variant.config, device=device, train_json=paths[0], train_images=paths[1],
+                           image_size=image_size, overrides=overrides)
+        if data:
+            prepare(cfg)
         backbone_net(cfg.model.backbone).freeze = variant.frozen
         self.cfg, self.device = cfg, str(cfg.train.device)
         self.precision = training_precision(cfg)
         self.amp_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         self.size = int(cfg.model.backbone.get("square_pad") or 1024)
         self.batch = synthetic_batch(batch_size, self.size, int(cfg.model.roi_heads.num_classes))
+        self.loader = iter(instantiate(cfg.dataloader.train)) if data else None
         torch.manual_seed(0)
         self.model = instantiate(cfg.model).to(self.device).train()
         cfg.optimizer.params.model = self.model
@@ -96,10 +122,12 @@ class _Runner:
     def step(self) -> dict:
         self.spans.clear()
         _sync(self.device)
+        t_data = time.perf_counter()
+        batch = next(self.loader) if self.loader is not None else self.batch
         t0 = time.perf_counter()
         # The trainer's autocast (fp16's loss scaler is left out: it costs nothing to time).
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.precision != "fp32"):
-            losses = self.model(self.batch)
+            losses = self.model(batch)
         loss = sum(v.float() for v in losses.values())
         _sync(self.device)
         t1 = time.perf_counter()
@@ -111,8 +139,10 @@ class _Runner:
         _sync(self.device)
         t3 = time.perf_counter()
         bb = self.spans[1] - self.spans[0]
-        return {"backbone_forward": bb, "rest_forward": t1 - t0 - bb, "backward": t2 - t1,
-                "optimizer": t3 - t2, "total": t3 - t0}
+        parts = {"backbone_forward": bb, "rest_forward": t1 - t0 - bb, "backward": t2 - t1, "optimizer": t3 - t2}
+        if self.loader is not None:
+            parts["data"] = t0 - t_data
+        return {**parts, "total": t3 - t_data}
 
     def run(self, iters: int, keep: bool = True) -> list[dict]:
         with EventStorage(0):
@@ -148,18 +178,20 @@ class _Runner:
 
 
 def run_bench(variants: list[Variant], out: str, iters: int = 5, warmup: int = 2, batch_size: int = 2,
-              device: str | None = None, rounds: int = 1, progress=None, reference: str | None = None) -> dict:
+              device: str | None = None, rounds: int = 1, progress=None, reference: str | None = None,
+              data: str | None = None, image_size: int | None = None) -> dict:
     """Time every variant's training iteration, interleaved: each is built and warmed up, then in
     each of ``rounds`` rounds every variant runs ``iters`` iterations, in an order rotated by one per
     round, so a drift of the machine's speed falls on all alike. Records give samples/s min /
     median / max over rounds; ratios (each variant over the reference of the same arch: the variant
     labelled ``...:<reference>``, else the first) are taken within rounds. Written atomically to
-    ``out`` as a bench JSON (measure ``detect_step``)."""
+    ``out`` as a bench JSON (measure ``detect_step``). With ``data`` batches come from each config's
+    training loader on that dataset (module docstring)."""
     if iters < 1 or rounds < 1:
         raise ValueError(f"iters={iters} and rounds={rounds} must be at least 1")
     runners = []
     for v in variants:
-        runners.append(_Runner(v, batch_size, device))
+        runners.append(_Runner(v, batch_size, device, data, image_size))
         runners[-1].run(warmup, keep=False)
     per_round = [[0.0] * len(runners) for _ in range(rounds)]
     for k in range(rounds):
@@ -188,6 +220,7 @@ def run_bench(variants: list[Variant], out: str, iters: int = 5, warmup: int = 2
                                         numerator=r.variant.label, denominator=runners[first].variant.label))
     meta = {
         "measure": "detect_step", "iters": iters, "warmup": warmup, "rounds": rounds, "batch_size": batch_size,
+        "inputs": f"training loader on {data}" if data else "synthetic batch (no data loading)",
         "device_name": torch.cuda.get_device_name() if str(runners[0].device).startswith("cuda") else "cpu",
         "torch_threads": torch.get_num_threads(), **provenance(),
     }

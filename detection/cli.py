@@ -135,9 +135,15 @@ def eval_(weights, **kw):
               help="Also time each config with a trainable backbone, for reference.")
 @click.option("--reference", default=None, metavar="LABEL",
               help="Ratios over this --variant (of the same arch); default: the config as it is.")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Take each iteration's batch from the config's training loader on this COCO dataset (a "
+                   "clevr_gen folder or a coco.json), the wait for it included, as training does; default: one "
+                   "synthetic batch, the model's step alone.")
+@click.option("--image-size", type=int, help="Detect at this square size (default: the config's).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
 @click.argument("overrides", nargs=-1)
-def bench(configs, variants, iters, warmup, rounds, batch_size, device, compare_unfrozen, reference, out, overrides):
+def bench(configs, variants, iters, warmup, rounds, batch_size, device, compare_unfrozen, reference, data, image_size,
+          out, overrides):
     """Seconds per training iteration split into backbone forward, rest of forward, backward and
     step, plus peak memory and the number of backward ops that ran inside the backbone (0 when
     frozen); several configs and variants are timed interleaved, over rounds.
@@ -164,7 +170,8 @@ def bench(configs, variants, iters, warmup, rounds, batch_size, device, compare_
         if compare_unfrozen:
             todo.append(Variant(f"{name}:unfrozen", config, common, frozen=False))
     _print(run_bench(todo, out, iters=iters, warmup=warmup, batch_size=batch_size, device=device, rounds=rounds,
-                     progress=lambda line: click.echo(line, err=True), reference=reference))
+                     progress=lambda line: click.echo(line, err=True), reference=reference, data=data,
+                     image_size=image_size))
 
 
 def _train_on_slurm(args, options, nodes, gpus_per_node, wait):

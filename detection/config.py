@@ -82,7 +82,11 @@ def set_image_size(cfg, size: int) -> None:
     if size < 8:
         raise ConfigError(f"image size {size}: must be at least 8 pixels")
     cfg.model.backbone.square_pad = size
-    for aug in cfg.dataloader.train.mapper.augmentations:
+    train_augs = cfg.dataloader.train.mapper.augmentations
+    if "size" in train_augs:  # one call that makes the list (detection.data.clevr_train_augmentations)
+        train_augs.size = size
+        train_augs = []
+    for aug in train_augs:
         if "target_height" in aug:
             aug.target_height = aug.target_width = size
         if "crop_size" in aug:

@@ -137,6 +137,23 @@ def category_names(json_file: str | os.PathLike) -> list[str]:
     return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
 
 
+def clevr_train_augmentations(size: int, scale_range: tuple[float, float] | None = (0.8, 1.25),
+                              flip: bool = True) -> list:
+    """The CPU configs' training augmentation for clevr_gen scenes: a horizontal flip, then (unless
+    ``scale_range`` is None) ViTDet's large-scale jitter at small scale: a random rescaling by a
+    factor in ``scale_range`` and a crop (or pad) back to ``size`` x ``size``. Without the rescaling
+    an image has only two inputs (flipped or not), which a frozen backbone's feature cache
+    (``model.backbone.net.feature_cache_mb``) reuses."""
+    augs = [T.RandomFlip(horizontal=True)] if flip else []
+    if scale_range is not None:
+        lo, hi = (float(v) for v in scale_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range={tuple(scale_range)}: give (min, max) with 0 < min <= max")
+        augs += [T.ResizeScale(min_scale=lo, max_scale=hi, target_height=size, target_width=size),
+                 T.FixedSizeCrop(crop_size=(size, size), pad=False)]
+    return augs
+
+
 class NpyDatasetMapper(DatasetMapper):
     """``DatasetMapper`` that reads a dict's image from ``images.npy`` when the dict names one
     (``npy_file``/``npy_index``, as :func:`load_coco_npy` writes), and from its file otherwise."""

@@ -253,12 +253,17 @@ def run(args: RunArgs) -> dict:
         metrics, model = do_train(cfg, resume=args.resume)
     wall = time.time() - start
     if comm.is_main_process():
-        inner = getattr(model, "module", model)
-        record_run(cfg, args, metrics, wall, getattr(backbone_net(inner.backbone), "checkpoint_load", None))
+        net = backbone_net(getattr(model, "module", model).backbone)
+        cache = getattr(net, "feature_cache", None)
+        if cache is not None:
+            logger.info("frozen backbone feature cache: %s", cache.stats)
+        record_run(cfg, args, metrics, wall, getattr(net, "checkpoint_load", None),
+                   feature_cache=cache.stats if cache is not None else None)
     return metrics
 
 
-def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load: dict | None = None) -> dict:
+def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load: dict | None = None,
+             feature_cache: dict | None = None) -> dict:
     """What ``run.json`` records: the run's identity, seed, data, and provenance."""
     net = backbone_net(cfg.model.backbone)
     train, test = cfg.datasets.train, cfg.datasets.test
@@ -268,6 +273,7 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load
         "arch": net.model_name,
         "backbone_checkpoint": net.checkpoint or "",
         "backbone_load": backbone_load,  # keys matched / missing / unexpected (detection.checkpoint)
+        "feature_cache": feature_cache,  # entries, hits, misses of a frozen backbone's cache (or None: off)
         "frozen": bool(net.get("freeze", True)),
         "dataset": train.get("json") or train.name,
         "val_dataset": test.get("json") or test.name,
@@ -291,10 +297,11 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load
     }
 
 
-def record_run(cfg, args: RunArgs, metrics: dict, wall_time_s: float, backbone_load: dict | None = None) -> dict:
+def record_run(cfg, args: RunArgs, metrics: dict, wall_time_s: float, backbone_load: dict | None = None,
+               feature_cache: dict | None = None) -> dict:
     """Write run.json and eval_results.json; append the run's row to the results table."""
     out = Path(cfg.train.output_dir)
-    info = run_info(cfg, args, wall_time_s, backbone_load)
+    info = run_info(cfg, args, wall_time_s, backbone_load, feature_cache)
     atomic_write_json(out / "run.json", info)
     atomic_write_json(out / "eval_results.json", metrics)
     if args.results_dir:

@@ -15,8 +15,11 @@ from detectron2.layers import ShapeSpec
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from detection.data import clevr_train_augmentations
 from detection.layers import LayerNorm2d
 from detection.pyramid import MaxPoolTopBlock
+from detection.roi_align import SeparableBackwardROIPooler
+from detection.rpn import ImageParallelRPN
 
 from .vitdet_frozen import dataloader, datasets, model, optimizer, train
 
@@ -43,6 +46,9 @@ def small_object_heads(model, levels, strides):
     anchors of 8-64 pixels on the four pyramid ``levels`` (``strides`` apart), ROI pooling from the
     first three. Shared by the single-scale (ViTDet) and the FPN configs."""
     rpn = model.proposal_generator
+    # detectron2's RPN and ROIPooler with the CPU step's single-threaded parts (proposal NMS, ROIAlign
+    # backward) spread over the cores: the same functions (detection/rpn.py, detection/roi_align.py)
+    rpn._target_ = ImageParallelRPN
     rpn.in_features = list(levels)
     rpn.head.in_channels = width
     rpn.anchor_generator.sizes = [[8], [16], [32], [64]]
@@ -55,6 +61,7 @@ def small_object_heads(model, levels, strides):
     roi.num_classes = 3  # clevr_gen's default categories (shapes); the launcher sets it from the json
     roi.batch_size_per_image = 32
     for pooler in (roi.box_pooler, roi.mask_pooler):
+        pooler._target_ = SeparableBackwardROIPooler
         pooler.scales = tuple(1.0 / s for s in strides[:3])
         pooler.canonical_box_size = 32  # a 32-pixel box pools from the level of stride 4
         pooler.canonical_level = 2
@@ -73,17 +80,18 @@ small_object_heads(model, levels=("p1", "p2", "p3", "p4"), strides=(2, 4, 8, 16)
 
 # --- data ----------------------------------------------------------------------------------------
 datasets.train.name, datasets.test.name = "clevr_train", "clevr_val"
-dataloader.train.mapper.augmentations = [
-    L(T.RandomFlip)(horizontal=True),
-    L(T.ResizeScale)(min_scale=0.8, max_scale=1.25, target_height=image_size, target_width=image_size),
-    L(T.FixedSizeCrop)(crop_size=(image_size, image_size), pad=False),
-]
+# Flip, then rescale by 0.8-1.25 and crop back (ViTDet's large-scale jitter, at small scale);
+# `dataloader.train.mapper.augmentations.scale_range=null` keeps flips only.
+dataloader.train.mapper.augmentations = L(clevr_train_augmentations)(size=image_size, scale_range=(0.8, 1.25))
 dataloader.test.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size),
 ]
 dataloader.train.mapper.instance_mask_format = "bitmask"  # clevr_gen writes RLE masks, not polygons
 dataloader.train.total_batch_size = 8
 dataloader.train.num_workers = 1
+# Every scene has the same size, so grouping by aspect ratio groups nothing; without it the worker
+# hands over whole batches (one transfer per batch, two batches ahead) instead of single images.
+dataloader.train.aspect_ratio_grouping = False
 dataloader.test.num_workers = 1
 
 # --- schedule ------------------------------------------------------------------------------------
@@ -107,3 +115,4 @@ lr_multiplier = L(WarmupParamScheduler)(
     warmup_factor=0.001,
 )
 optimizer.lr = 2e-4  # heads from scratch on a small set, batch 8
+optimizer.fused = True  # AdamW's one-kernel update (CPU and CUDA, torch >= 2.4): the same update, less overhead
