@@ -85,7 +85,7 @@ class _Runner:
     def __init__(self, variant: Variant, batch_size: int, device: str | None, data: str | None = None,
                  image_size: int | None = None):
         from .config import prepare
-        from .train_net import training_precision
+        from .train_net import build_model, training_precision
 
         self.variant = variant
         overrides = list(variant.overrides)
@@ -104,7 +104,7 @@ class _Runner:
         self.batch = synthetic_batch(batch_size, self.size, int(cfg.model.roi_heads.num_classes))
         self.loader = iter(instantiate(cfg.dataloader.train)) if data else None
         torch.manual_seed(0)
-        self.model = instantiate(cfg.model).to(self.device).train()
+        self.model = build_model(cfg).train()
         cfg.optimizer.params.model = self.model
         self.optim = instantiate(cfg.optimizer)
         del cfg.optimizer.params.model

@@ -30,6 +30,7 @@ class FeatureCache:
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
+        self.channels_last = False  # the layout of the maps the backbone returns
         self._maps: OrderedDict[bytes, torch.Tensor] = OrderedDict()
 
     @staticmethod
@@ -81,7 +82,10 @@ def cached_forward(cache: FeatureCache, images: torch.Tensor, compute, context: 
     todo = [i for i, f in enumerate(found) if f is None]
     if todo:
         fresh = compute(images[todo] if len(todo) < len(keys) else images)
+        # the batch goes back in the layout the backbone gives (a ViT's token map is channels-last)
+        cache.channels_last = fresh.dim() == 4 and fresh.is_contiguous(memory_format=torch.channels_last)
         for j, i in enumerate(todo):
             found[i] = fresh[j].clone()  # its own storage, not a view pinning the whole batch
             cache.put(keys[i], found[i])
-    return torch.stack(found)
+    out = torch.stack(found)
+    return out.contiguous(memory_format=torch.channels_last) if cache.channels_last else out

@@ -77,8 +77,17 @@ def load_run_config(args: RunArgs):
 
 
 def build_model(cfg) -> torch.nn.Module:
-    model = instantiate(cfg.model)
-    return model.to(cfg.train.device)
+    """The detector on its device; with ``train.channels_last`` its trainable convolutions (pyramid,
+    RPN and ROI heads; not the frozen backbone) keep their weights channels-last, the layout
+    oneDNN's CPU convolutions are fastest in (~5% of the CPU micro detector's step)."""
+    model = instantiate(cfg.model).to(cfg.train.device)
+    if cfg.train.get("channels_last", False):
+        net = backbone_net(model.backbone)
+        frozen = {id(m) for m in net.modules()}
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and id(m) not in frozen:
+                m.to(memory_format=torch.channels_last)
+    return model
 
 
 def do_test(cfg, model) -> dict:

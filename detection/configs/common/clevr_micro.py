@@ -99,6 +99,7 @@ train.device = "cuda" if torch.cuda.is_available() else "cpu"
 # The training forward under bf16 autocast, on a CPU (AMX / AVX512-BF16) or a GPU; evaluation in fp32.
 train.precision = "bf16"
 train.amp.enabled = False
+train.channels_last = True  # the heads' convolutions channels-last (detection.train_net.build_model)
 train.ddp.fp16_compression = False
 train.max_iter = 3000
 train.eval_period = 1000
