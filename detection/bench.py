@@ -174,6 +174,9 @@ class _Runner:
             "peak_memory_kind": "cuda max_memory_allocated" if cuda
             else "process peak RSS so far (cumulative over variants)",
         })
+        cache = getattr(self.net, "feature_cache", None)
+        if cache is not None:  # hits over every iteration run, warm-up included
+            out["feature_cache"] = cache.stats
         return out
 
 

@@ -40,8 +40,23 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> dict:
+    """The CPU's model name and its bf16 units (AMX on Intel, AVX512-BF16 on AMD Zen 4): what a CPU
+    timing depends on. Empty where /proc/cpuinfo is not there."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name", platform.processor()),
+            "cpu_bf16": [f for f in ("amx_bf16", "avx512_bf16") if f in flags]}
+
+
 def machine() -> dict:
-    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            **cpu_model()}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
