@@ -29,6 +29,7 @@ interrupted one continues from detectron2's last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from revtransfer.errors import UserError, yaml_problem
 from revtransfer.results import ResultsTable
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets" / "detect"
+log = logging.getLogger(__name__)
 
 
 class StudyError(UserError, ValueError):
@@ -163,10 +165,44 @@ def ensure_backbone(spec: DetectStudySpec, arch: str, seed: int, progress: bool 
     cell = _sweep_cell(sweep, arch, float(spec.backbones["corr"]), float(spec.backbones.get("fraction", 1.0)), seed)
     run = sweep.run_dir(cell)
     if not ((run / "summary.json").exists() and (run / "checkpoint_best.pt").exists()):
-        report = run_sweep(sweep, progress=progress, only=lambda c: c.cell_id == cell.cell_id)
-        if cell.cell_id in report.failed:
-            raise StudyError(f"pretraining backbone cell {cell.cell_id} failed: {report.failed[cell.cell_id]}")
+        if cell.cell_id in ResultsTable(sweep.out).finished_cells(sweep.name):
+            rebuild_backbone(sweep, cell, progress)
+        else:
+            report = run_sweep(sweep, progress=progress, only=lambda c: c.cell_id == cell.cell_id)
+            if cell.cell_id in report.failed:
+                raise StudyError(f"pretraining backbone cell {cell.cell_id} failed: {report.failed[cell.cell_id]}")
     return str(run / "checkpoint_best.pt"), backbone_model_kwargs(run)
+
+
+REBUILT = "rebuilt.json"
+
+
+def rebuild_backbone(sweep, cell, progress: bool = True) -> dict:
+    """Pretrain again a sweep cell whose row exists but whose checkpoint is gone (run dirs are not
+    in git): the same config and seed, so the same backbone up to the machine's float arithmetic.
+    The sweep's row is left as it is (its probe numbers were measured on the original); the
+    rebuilt run's validation accuracy on X is set beside the row's in the run dir's ``rebuilt.json``
+    and a difference is said."""
+    from revtransfer.atomic import atomic_write_json
+    from revtransfer.provenance import machine, utc_now
+    from revtransfer.train import pretrain
+
+    from .sweep import ensure_dataset
+
+    ensure_dataset(sweep.pretrain[cell.corr], sweep.gen_workers, progress)
+    result = pretrain(sweep.pretrain_config(cell), resume=True, progress=progress)
+    rows = ResultsTable(sweep.out).read()
+    row = rows[(rows["sweep"] == sweep.name) & (rows["cell_id"] == cell.cell_id)].iloc[-1]
+    note = {"cell_id": cell.cell_id, "row_pretrain_val_acc": float(row["pretrain_val_acc"]),
+            "rebuilt_pretrain_val_acc": float(result.val_acc),
+            "same_val_acc": abs(float(row["pretrain_val_acc"]) - float(result.val_acc)) < 1e-9,
+            "row_git_commit": row.get("git_commit"), "machine": machine(), "rebuilt_at": utc_now()}
+    atomic_write_json(sweep.run_dir(cell) / REBUILT, note)
+    if not note["same_val_acc"]:
+        log.warning("rebuilt backbone %s: validation accuracy on X %.4f, the sweep's row says %.4f (another "
+                    "machine's float arithmetic); detection uses the rebuilt one", cell.cell_id,
+                    note["rebuilt_pretrain_val_acc"], note["row_pretrain_val_acc"])
+    return note
 
 
 def ensure_datasets(spec: DetectStudySpec, progress: bool = True) -> dict[str, tuple[str, str]]:

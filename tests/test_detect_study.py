@@ -69,3 +69,63 @@ def test_the_estimate_uses_the_measured_frozen_step(tmp_path):
     assert rows["vit_micro"]["images"] == vit_iters * 8
     assert rows["vit_micro"]["hours"] == pytest.approx(vit_iters * 8 / 16.0 / 3600)
     assert rows["revvit_micro"]["hours"] is None  # nothing measured for it: said, not guessed
+
+
+def test_a_backbone_is_reused_rebuilt_or_pretrained(tmp_path, monkeypatch):
+    """A detection cell trains only its detector when the sweep's backbone checkpoint exists; a sweep
+    cell with a row but no checkpoint (run dirs are not in git) is pretrained again without touching
+    its row; a cell with neither runs as a sweep cell first."""
+    import types
+
+    import yaml
+
+    import probes.detect_study as ds
+    import probes.sweep as sweep_mod
+    import revtransfer.train as train_mod
+    from revtransfer.results import ResultsTable
+
+    sweep_file = tmp_path / "sw.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "sw", "out": "sw", "datasets": {"pretrain": {0.3: "pt3"}, "transfer": "tf"},
+        "grid": {"arch": ["vit_micro"], "corr": [0.3], "fraction": [1], "seed": [0, 1, 2]},
+        "model_kwargs": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2},
+        "recipe": {"epochs": 1, "batch_size": 16}}))
+    spec = DetectStudySpec.from_dict({**BASE, "archs": ["vit_micro"], "seeds": [0, 1, 2],
+                                      "backbones": {"sweep": str(sweep_file), "corr": 0.3, "fraction": 1.0}},
+                                     tmp_path)
+    sweep = ds._sweep(spec, spec.seeds)
+    cells = {c.seed: c for c in sweep.cells()}
+    for seed in (0, 1):  # rows for seeds 0 and 1; only seed 0 kept its run dir
+        ResultsTable(sweep.out).upsert([{"sweep": "sw", "cell_id": cells[seed].cell_id, "status": "ok",
+                                         "pretrain_val_acc": 0.93, "git_commit": "abc"}])
+    run0 = sweep.run_dir(cells[0])
+    run0.mkdir(parents=True)
+    (run0 / "summary.json").write_text("{}")
+    (run0 / "checkpoint_best.pt").write_bytes(b"")
+
+    calls = []
+    monkeypatch.setattr("probes.detect_ladder.backbone_model_kwargs", lambda run: {"embed_dim": 16})
+    monkeypatch.setattr(sweep_mod, "ensure_dataset", lambda *a, **k: None)
+
+    def fake_pretrain(cfg, resume=True, progress=True):
+        calls.append(("pretrain", str(cfg.out)))
+        return types.SimpleNamespace(val_acc=0.92)
+
+    def fake_run_sweep(sw, progress=True, only=None, **kw):
+        calls.append(("sweep", [c.cell_id for c in sw.cells() if only(c)]))
+        return sweep_mod.SweepReport()
+
+    monkeypatch.setattr(train_mod, "pretrain", fake_pretrain)
+    monkeypatch.setattr(sweep_mod, "run_sweep", fake_run_sweep)
+
+    path, kwargs = ds.ensure_backbone(spec, "vit_micro", 0, progress=False)
+    assert path == str(run0 / "checkpoint_best.pt") and kwargs == {"embed_dim": 16} and calls == []  # reused
+    ds.ensure_backbone(spec, "vit_micro", 1, progress=False)  # a row, no checkpoint: pretrained again
+    assert calls == [("pretrain", str(sweep.run_dir(cells[1])))]
+    note = json.loads((sweep.run_dir(cells[1]) / ds.REBUILT).read_text())
+    assert note["row_pretrain_val_acc"] == 0.93 and note["rebuilt_pretrain_val_acc"] == 0.92
+    assert not note["same_val_acc"]
+    rows = ResultsTable(sweep.out).read()
+    assert float(rows.loc[rows["cell_id"] == cells[1].cell_id, "pretrain_val_acc"].iloc[0]) == 0.93  # row kept
+    ds.ensure_backbone(spec, "vit_micro", 2, progress=False)  # neither: the sweep cell runs
+    assert calls[-1] == ("sweep", [cells[2].cell_id])
