@@ -26,7 +26,7 @@ DETECT_TRAIN = {"n": 3000, "seed": 21}
 DETECT_VAL = {"n": 300, "seed": 22}
 DETECT_ITERS = 300
 DETECT_OVERRIDES = ("train.eval_period=0", "train.checkpointer.period=1000000", "train.log_period=50",
-                    "dataloader.train.total_batch_size=8", "optimizer.lr=4e-4", "dataloader.test.batch_size=8")
+                    "dataloader.train.total_batch_size=8", "optimizer.lr=4e-4")
 
 
 DEMO_INTRO = """**What these numbers can and cannot tell.** The demo runs every step of the study (datasets,

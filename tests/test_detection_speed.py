@@ -159,3 +159,22 @@ def test_bench_times_batches_from_the_training_loader(clevr_coco, tmp_path):
     assert doc["meta"]["inputs"].startswith("training loader on")
     rec = doc["records"][0]
     assert rec["data_s"] >= 0 and rec["total_s"] >= rec["data_s"]
+
+
+def test_batched_inference_gives_the_per_image_detections():
+    from detectron2.config import instantiate
+
+    from detection.bench import synthetic_batch
+
+    cfg = build_config("clevr_mask_rcnn_vit_micro_frozen", device="cpu", overrides=[TINY])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    batch = [{k: v for k, v in d.items() if k != "instances"} for d in synthetic_batch(3, 80, 3, seed=2)]
+    with torch.no_grad():
+        together = model(batch)
+        alone = [model([d])[0] for d in batch]
+    for a, b in zip(together, alone):
+        a, b = a["instances"], b["instances"]
+        assert len(a) == len(b) > 0
+        assert torch.allclose(a.scores, b.scores, atol=1e-4)
+        assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
