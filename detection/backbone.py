@@ -163,6 +163,8 @@ class TimmViT(_FrozenTimm):
         if feature_cache_mb < 0:
             raise ValueError(f"feature_cache_mb={feature_cache_mb}: give a size in MiB, or 0 for no cache")
         self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20)) if feature_cache_mb else None
+        if self.feature_cache is not None:  # maps made with other weights are not this backbone's
+            self._register_load_state_dict_pre_hook(lambda *args, **kwargs: self.feature_cache.clear())
         kwargs = {"num_classes": 0, "dynamic_img_size": True, **dict(model_kwargs or {})}
         self.encoder = create_model(model_name, **kwargs)
         self.checkpoint_load = load_backbone_checkpoint(self.encoder, checkpoint) if checkpoint else dict(NO_CHECKPOINT)
@@ -210,7 +212,8 @@ class TimmViT(_FrozenTimm):
                 f"(patch size {self.patch_size}, feature stride {self.feature_stride}); pad the images "
                 f"to a multiple of it (e.g. set model.backbone.square_pad to one)")
         if self.feature_cache is not None and self.frozen:
-            fmap = cached_forward(self.feature_cache, x, self._feature_map, autocast_key(x.device.type))
+            fmap = cached_forward(self.feature_cache, x, self._feature_map,
+                                  f"{x.device}|{autocast_key(x.device.type)}")
         else:
             fmap = self._feature_map(x)
         return {self._out_features[0]: fmap}

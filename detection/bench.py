@@ -28,6 +28,8 @@ from revtransfer.provenance import provenance
 
 from .config import backbone_net, build_config
 
+# Iterations run untimed at the start of each turn with ``data``: a loader prefetches 2 batches.
+PREFETCHED = 2
 # Backward ops that only the backbone produces (timm attention, native LayerNorm).
 _BACKBONE_BACKWARD = ("ScaledDotProductAttention", "scaled_dot_product", "NativeLayerNormBackward",
                       "native_layer_norm_backward")
@@ -200,6 +202,8 @@ def run_bench(variants: list[Variant], out: str, iters: int = 5, warmup: int = 2
     for k in range(rounds):
         for j in range(len(runners)):
             i = (j + k) % len(runners)
+            if data:  # what its loader prefetched while the others ran is not this turn's data wait
+                runners[i].run(PREFETCHED, keep=False)
             rows = runners[i].run(iters)
             per_round[k][i] = batch_size / statistics.median(r["total"] for r in rows)
             if progress:

@@ -145,13 +145,13 @@ def clevr_train_augmentations(size: int, scale_range: tuple[float, float] | None
     an image has only two inputs (flipped or not), which a frozen backbone's feature cache
     (``model.backbone.net.feature_cache_mb``) reuses."""
     augs = [T.RandomFlip(horizontal=True)] if flip else []
-    if scale_range is not None:
-        lo, hi = (float(v) for v in scale_range)
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range={tuple(scale_range)}: give (min, max) with 0 < min <= max")
-        augs += [T.ResizeScale(min_scale=lo, max_scale=hi, target_height=size, target_width=size),
-                 T.FixedSizeCrop(crop_size=(size, size), pad=False)]
-    return augs
+    if scale_range is None:  # to the detection size as evaluation does (scenes made at it stay as they are)
+        return augs + [T.ResizeShortestEdge(short_edge_length=size, max_size=size)]
+    lo, hi = (float(v) for v in scale_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_range={tuple(scale_range)}: give (min, max) with 0 < min <= max")
+    return augs + [T.ResizeScale(min_scale=lo, max_scale=hi, target_height=size, target_width=size),
+                   T.FixedSizeCrop(crop_size=(size, size), pad=False)]
 
 
 class NpyDatasetMapper(DatasetMapper):

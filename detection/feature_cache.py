@@ -3,7 +3,8 @@
 A frozen backbone is a fixed function of its input, so an image it has seen before need not be
 run again: its feature map is looked up by a hash of the image's bytes (after the detector's
 normalisation and padding), together with the dtype and autocast state the features were made
-under, so training (bf16) and evaluation (fp32) never share an entry. A lookup returns what the
+under and its device, so training (bf16) and evaluation (fp32) never share an entry; loading
+weights into the backbone empties it. A lookup returns what the
 backbone would compute (the same function; only the batch around an image may differ, which
 changes float summation order at most). Whether it saves anything depends on the augmentation:
 with flips only, each image has two inputs and a run of several epochs hits from the second on;
@@ -30,7 +31,6 @@ class FeatureCache:
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
-        self.channels_last = False  # the layout of the maps the backbone returns
         self._maps: OrderedDict[bytes, torch.Tensor] = OrderedDict()
 
     @staticmethod
@@ -64,6 +64,11 @@ class FeatureCache:
             _, old = self._maps.popitem(last=False)
             self.nbytes -= old.numel() * old.element_size()
 
+    def clear(self) -> None:
+        """Forget every map (the backbone's weights changed: a checkpoint was loaded)."""
+        self._maps.clear()
+        self.nbytes = 0
+
     def __len__(self) -> int:
         return len(self._maps)
 
@@ -82,10 +87,10 @@ def cached_forward(cache: FeatureCache, images: torch.Tensor, compute, context: 
     todo = [i for i, f in enumerate(found) if f is None]
     if todo:
         fresh = compute(images[todo] if len(todo) < len(keys) else images)
-        # the batch goes back in the layout the backbone gives (a ViT's token map is channels-last)
-        cache.channels_last = fresh.dim() == 4 and fresh.is_contiguous(memory_format=torch.channels_last)
         for j, i in enumerate(todo):
             found[i] = fresh[j].clone()  # its own storage, not a view pinning the whole batch
             cache.put(keys[i], found[i])
     out = torch.stack(found)
-    return out.contiguous(memory_format=torch.channels_last) if cache.channels_last else out
+    # channels-last, whatever mix of hits and misses: a ViT's token map is laid out so already, and
+    # it is the layout the pyramid's convolutions run fastest in
+    return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out

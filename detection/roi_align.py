@@ -18,6 +18,11 @@ from detectron2.layers import ROIAlign as _D2ROIAlign
 from detectron2.modeling.poolers import ROIPooler
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16 / fp16 (as torchvision's autocast runs ROIAlign), else the dtype itself."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _axis_weights(start: torch.Tensor, size: torch.Tensor, bins: int, grid: torch.Tensor | int,
                   length: int) -> torch.Tensor:
     """(R, bins, length): for each roi and bin along one axis, the bilinear weights of its samples
@@ -54,7 +59,7 @@ def roi_align_weights(rois: torch.Tensor, spatial_scale: float, pooled: tuple[in
                       aligned: bool, height: int, width: int):
     """``Ay`` (R, PH, H) and ``Ax`` (R, PW, W), each divided by the sqrt-free split of ``count``:
     ``Ay`` carries ``1 / count`` so that ``Ay @ x @ Ax.T`` is the pooled output."""
-    rois = rois.float()
+    rois = rois.to(_compute_dtype(rois.dtype))
     offset = 0.5 if aligned else 0.0
     x0 = rois[:, 1] * spatial_scale - offset
     y0 = rois[:, 2] * spatial_scale - offset
@@ -69,7 +74,7 @@ def roi_align_weights(rois: torch.Tensor, spatial_scale: float, pooled: tuple[in
     else:
         gy = torch.ceil(h / ph).long().clamp(min=0)
         gx = torch.ceil(w / pw).long().clamp(min=0)
-        count = (gy * gx).clamp(min=1).float()
+        count = (gy * gx).clamp(min=1).to(rois.dtype)
     ay = _axis_weights(y0, h, ph, gy, height) / count[:, None, None]
     ax = _axis_weights(x0, w, pw, gx, width)
     return ay, ax
@@ -80,19 +85,21 @@ def roi_align_input_grad(grad: torch.Tensor, rois: torch.Tensor, spatial_scale: 
     """d loss / d input of ROIAlign for ``grad`` (R, C, PH, PW): per image, ``sum_r Ay_r.T @ grad_r @ Ax_r``."""
     n, c, h, w = input_shape
     ph, pw = grad.shape[-2:]
+    dtype = _compute_dtype(grad.dtype)
     if rois.shape[0] == 0:
-        return torch.zeros(n, c, h, w, dtype=torch.float32)
+        return torch.zeros(n, c, h, w, dtype=dtype)
     batch = rois[:, 0].long()
     order = torch.argsort(batch, stable=True)  # each image's rois one contiguous slice
     rois, grad, batch = rois[order], grad[order], batch[order]
     ay, ax = roi_align_weights(rois, spatial_scale, (ph, pw), sampling_ratio, aligned, h, w)
+    ay, ax = ay.to(dtype), ax.to(dtype)
     r = rois.shape[0]
     # grad_r @ Ax_r for every roi: (R, C*PH, PW) @ (R, PW, W), laid out (R, PH, C, W) so that one
     # product per image, (H, R_b*PH) @ (R_b*PH, C*W), sums that image's rois
-    g = grad.permute(0, 2, 1, 3).float().contiguous()  # (R, PH, C, PW): the small tensor is the one moved
+    g = grad.permute(0, 2, 1, 3).to(dtype).contiguous()  # (R, PH, C, PW): the small tensor is the one moved
     t = torch.bmm(g.view(r, ph * c, pw), ax).view(r * ph, c * w)
     ay_t = ay.permute(2, 0, 1).reshape(h, r * ph)
-    out = torch.zeros(n, h, c, w, dtype=torch.float32)
+    out = torch.zeros(n, h, c, w, dtype=dtype)
     counts = torch.bincount(batch, minlength=n).tolist()
     start = 0
     for b, k in enumerate(counts):
@@ -107,8 +114,9 @@ class _ROIAlignFunction(torch.autograd.Function):
     def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
         ctx.save_for_backward(rois)
         ctx.args = (spatial_scale, sampling_ratio, aligned, tuple(input.shape), input.dtype)
+        dtype = _compute_dtype(input.dtype)
         with torch.autocast("cpu", enabled=False):
-            out = torch.ops.torchvision.roi_align(input.float(), rois.float(), spatial_scale, output_size[0],
+            out = torch.ops.torchvision.roi_align(input.to(dtype), rois.to(dtype), spatial_scale, output_size[0],
                                                   output_size[1], sampling_ratio, aligned)
         return out.to(input.dtype)
 
@@ -116,7 +124,8 @@ class _ROIAlignFunction(torch.autograd.Function):
     def backward(ctx, grad):
         (rois,) = ctx.saved_tensors
         spatial_scale, sampling_ratio, aligned, shape, dtype = ctx.args
-        g = roi_align_input_grad(grad, rois, spatial_scale, sampling_ratio, aligned, shape)
+        with torch.autocast("cpu", enabled=False):  # a backward run inside autocast: its products stay in float
+            g = roi_align_input_grad(grad, rois, spatial_scale, sampling_ratio, aligned, shape)
         return g.to(dtype), None, None, None, None, None
 
 

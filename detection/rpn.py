@@ -24,10 +24,8 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="rpn-proposals")
 
 
-def _autocast_context(device_type: str):
-    """The caller's autocast context, to re-enter in a worker thread (autocast is thread-local)."""
-    enabled, dtype = autocast_state(device_type)
-    return torch.autocast(device_type, dtype=dtype) if enabled else contextlib.nullcontext()
+def _autocast_context(enabled: bool, dtype: torch.dtype):
+    return torch.autocast("cpu", dtype=dtype) if enabled else contextlib.nullcontext()
 
 
 class ImageParallelRPN(RPN):
@@ -36,14 +34,16 @@ class ImageParallelRPN(RPN):
 
     def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
         n = len(image_sizes)
-        if n < 2 or pred_objectness_logits[0].device.type != "cpu" or torch.get_num_threads() < 2:
+        if (n < 2 or pred_objectness_logits[0].device.type != "cpu" or torch.get_num_threads() < 2
+                or torch.jit.is_tracing()):
             return super().predict_proposals(anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes)
         with torch.no_grad():
             proposals = self._decode_proposals(anchors, pred_anchor_deltas)
-        autocast = _autocast_context("cpu")
+        # autocast is thread-local: each worker enters the caller's state in a context of its own
+        enabled, dtype = autocast_state("cpu")
 
         def select(part: slice):
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), _autocast_context(enabled, dtype):
                 return find_top_rpn_proposals(
                     [p[part] for p in proposals], [s[part] for s in pred_objectness_logits], image_sizes[part],
                     self.nms_thresh, self.pre_nms_topk[self.training], self.post_nms_topk[self.training],

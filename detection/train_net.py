@@ -222,10 +222,23 @@ def do_train(cfg, resume: bool = False) -> dict:
         hooks.PeriodicWriter(_writers(cfg), period=cfg.train.log_period) if comm.is_main_process() else None,
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    match_optimizer_state_layout(optim)
     # The checkpoint stores the iteration that just finished: continue with the next one.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)  # PeriodicCheckpointer writes model_final.pth last
     return dict(last), model
+
+
+def match_optimizer_state_layout(optim: torch.optim.Optimizer) -> None:
+    """Give every optimizer state tensor its parameter's memory layout. A run resumed from a
+    checkpoint written with another layout (NCHW weights, now channels-last: ``train.channels_last``)
+    loads its moments with the old strides, and fused AdamW assumes that parameter, gradient and
+    moments share one layout (it does not check): its update would be wrong."""
+    for group in optim.param_groups:
+        for p in group["params"]:
+            for key, value in optim.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optim.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _reset_loggers() -> None:

@@ -191,12 +191,17 @@ def rebuild_backbone(sweep, cell, progress: bool = True) -> dict:
 
     ensure_dataset(sweep.pretrain[cell.corr], sweep.gen_workers, progress)
     result = pretrain(sweep.pretrain_config(cell), resume=True, progress=progress)
+    if not (sweep.run_dir(cell) / "checkpoint_best.pt").exists():
+        raise StudyError(f"rebuilding backbone {cell.cell_id}: pretraining wrote no checkpoint_best.pt (its "
+                         f"checkpoint_last.pt was already at the last epoch?); move {sweep.run_dir(cell)} away "
+                         "and run the study again to pretrain it from the start")
     rows = ResultsTable(sweep.out).read()
     row = rows[(rows["sweep"] == sweep.name) & (rows["cell_id"] == cell.cell_id)].iloc[-1]
     note = {"cell_id": cell.cell_id, "row_pretrain_val_acc": float(row["pretrain_val_acc"]),
             "rebuilt_pretrain_val_acc": float(result.val_acc),
             "same_val_acc": abs(float(row["pretrain_val_acc"]) - float(result.val_acc)) < 1e-9,
-            "row_git_commit": row.get("git_commit"), "machine": machine(), "rebuilt_at": utc_now()}
+            "row_git_commit": row.get("git_commit") if isinstance(row.get("git_commit"), str) else None,
+            "machine": machine(), "rebuilt_at": utc_now()}
     atomic_write_json(sweep.run_dir(cell) / REBUILT, note)
     if not note["same_val_acc"]:
         log.warning("rebuilt backbone %s: validation accuracy on X %.4f, the sweep's row says %.4f (another "

@@ -3,6 +3,7 @@ what each cell's detector is given, and the projected hours from a `detect bench
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,9 @@ def test_a_backbone_is_reused_rebuilt_or_pretrained(tmp_path, monkeypatch):
 
     def fake_pretrain(cfg, resume=True, progress=True):
         calls.append(("pretrain", str(cfg.out)))
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "checkpoint_best.pt"):  # what a pretraining run leaves
+            (Path(cfg.out) / name).write_text("{}")
         return types.SimpleNamespace(val_acc=0.92)
 
     def fake_run_sweep(sw, progress=True, only=None, **kw):
@@ -127,5 +131,12 @@ def test_a_backbone_is_reused_rebuilt_or_pretrained(tmp_path, monkeypatch):
     assert not note["same_val_acc"]
     rows = ResultsTable(sweep.out).read()
     assert float(rows.loc[rows["cell_id"] == cells[1].cell_id, "pretrain_val_acc"].iloc[0]) == 0.93  # row kept
+    ds.ensure_backbone(spec, "vit_micro", 1, progress=False)  # rebuilt once: reused from then on
+    assert len(calls) == 1
     ds.ensure_backbone(spec, "vit_micro", 2, progress=False)  # neither: the sweep cell runs
     assert calls[-1] == ("sweep", [cells[2].cell_id])
+    run3 = sweep.run_dir(cells[1])
+    (run3 / "checkpoint_best.pt").unlink()
+    monkeypatch.setattr(train_mod, "pretrain", lambda cfg, resume=True, progress=True: types.SimpleNamespace(val_acc=0.93))
+    with pytest.raises(StudyError, match="wrote no checkpoint_best.pt"):  # a finished run dir without its best
+        ds.ensure_backbone(spec, "vit_micro", 1, progress=False)

@@ -63,13 +63,24 @@ def test_the_pooler_gives_detectron2s_output_and_gradients_under_autocast():
             assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-5)
 
 
-def test_the_image_parallel_rpn_selects_detectron2s_proposals():
+def test_the_image_parallel_rpn_selects_detectron2s_proposals(monkeypatch):
     from detectron2.config import instantiate
     from detectron2.modeling.proposal_generator.rpn import RPN
     from detectron2.utils.events import EventStorage
 
+    import detection.rpn as rpn_mod
     from detection.bench import synthetic_batch
 
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the threaded path, whatever the machine
+    submitted = []
+    pool = rpn_mod._pool()
+
+    class Spy:
+        def submit(self, fn, *args):
+            submitted.append(args)
+            return pool.submit(fn, *args)
+
+    monkeypatch.setattr(rpn_mod, "_pool", lambda: Spy())
     cfg = build_config("clevr_mask_rcnn_vit_micro_frozen", device="cpu", overrides=[TINY])
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()
@@ -85,6 +96,7 @@ def test_the_image_parallel_rpn_selects_detectron2s_proposals():
         with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
             out.append(model.proposal_generator(images, feats, gt))
     (p_ours, l_ours), (p_ref, l_ref) = out
+    assert len(submitted) == 2  # two halves of the batch, on the pool
     assert len(p_ours) == len(p_ref) == 5
     for a, b in zip(p_ours, p_ref):
         assert torch.equal(a.proposal_boxes.tensor, b.proposal_boxes.tensor)
@@ -134,6 +146,14 @@ def test_a_cached_frozen_backbone_is_the_same_function():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # training's precision: its own entries
         assert torch.equal(net(x)["last_feat"], net._feature_map(x))
     assert net.feature_cache.stats["hits"] == 3 and net.feature_cache.stats["misses"] == 6
+    changed = {k: v + 1 for k, v in net.state_dict().items()}  # a checkpoint loaded after maps were cached
+    net.load_state_dict(changed)
+    assert len(net.feature_cache) == 0 and torch.allclose(net(x)["last_feat"], net._feature_map(x), atol=1e-6)
+    trainable = instantiate(cfg.model.backbone.net)
+    trainable._set_frozen(False)
+    trainable.frozen = False
+    trainable(x)
+    assert len(trainable.feature_cache) == 0  # a trainable backbone is never cached
 
 
 def test_flip_only_augmentation_and_the_image_size_follow_the_config():
@@ -143,9 +163,21 @@ def test_flip_only_augmentation_and_the_image_size_follow_the_config():
     augs = instantiate(cfg.dataloader.train.mapper.augmentations)
     assert [type(a).__name__ for a in augs] == ["RandomFlip", "ResizeScale", "FixedSizeCrop"]
     assert augs[1].target_height == 64 and tuple(augs[2].crop_size) == (64, 64)
-    flips = build_config("clevr_mask_rcnn_vit_micro_frozen", device="cpu",
+    flips = build_config("clevr_mask_rcnn_vit_micro_frozen", device="cpu", image_size=64,
                          overrides=["dataloader.train.mapper.augmentations.scale_range=null"])
-    assert [type(a).__name__ for a in instantiate(flips.dataloader.train.mapper.augmentations)] == ["RandomFlip"]
+    augs = instantiate(flips.dataloader.train.mapper.augmentations)
+    assert [type(a).__name__ for a in augs] == ["RandomFlip", "ResizeShortestEdge"]
+    import detectron2.data.transforms as T
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for side in (64, 80):  # scenes at the detection size pass unchanged (or flipped); others are resized to it
+        image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        aug = T.AugInput(image)
+        T.AugmentationList(augs[1:])(aug)
+        assert aug.image.shape[:2] == (64, 64)
+        if side == 64:
+            assert np.array_equal(aug.image, image)
 
 
 def test_bench_times_batches_from_the_training_loader(clevr_coco, tmp_path):
@@ -178,3 +210,49 @@ def test_batched_inference_gives_the_per_image_detections():
         assert len(a) == len(b) > 0
         assert torch.allclose(a.scores, b.scores, atol=1e-4)
         assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
+
+
+def test_the_roi_align_backward_runs_inside_autocast_and_in_float64():
+    from detectron2.layers import ROIAlign as D2ROIAlign
+
+    from detection.roi_align import ROIAlign
+
+    torch.manual_seed(0)
+    rois = _rois(30, 40, seed=4, big=60.0)  # big rois: adaptive grids of 4 and more samples a side
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        x = torch.randn(3, 4, 10, 12, dtype=dtype, requires_grad=True)
+        grads = []
+        for layer in (D2ROIAlign((7, 7), 0.25, 0, True), ROIAlign((7, 7), 0.25, 0, True)):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float64):
+                y = layer(x, rois)
+                (g,) = torch.autograd.grad((y.float() ** 2).sum(), x)  # backward inside autocast
+            grads.append(g)
+        tol = 1e-12 if dtype == torch.float64 else 1e-2 if dtype == torch.bfloat16 else 1e-5
+        assert grads[0].dtype == grads[1].dtype == dtype
+        assert torch.allclose(grads[0].double(), grads[1].double(), atol=tol, rtol=tol), dtype
+
+
+def test_resumed_optimizer_moments_take_their_parameters_layout():
+    from detection.train_net import match_optimizer_state_layout
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3)
+    ref = torch.nn.Conv2d(4, 4, 3)
+    ref.load_state_dict(conv.state_dict())
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=0.1)
+    x = torch.randn(2, 4, 6, 6)
+    for m, o in ((conv, opt), (ref, ref_opt)):
+        m(x).square().sum().backward()
+        o.step()
+        o.zero_grad()
+    saved = opt.state_dict()  # moments in NCHW
+    conv.to(memory_format=torch.channels_last)  # resumed under train.channels_last
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    opt.load_state_dict(saved)
+    match_optimizer_state_layout(opt)
+    assert all(v.stride() == p.stride() for p in conv.parameters() for v in opt.state[p].values() if v.dim() > 1)
+    for m, o in ((conv, opt), (ref, ref_opt)):
+        m(x).square().sum().backward()
+        o.step()
+    assert torch.allclose(conv.weight, ref.weight, atol=1e-5)
