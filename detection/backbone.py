@@ -34,7 +34,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 
-from .amp import autocast_state
+from revtransfer.reversible.state import autocast_query
+
 from .checkpoint import NO_CHECKPOINT, BackboneCheckpointError, load_backbone_checkpoint
 from .errors import ConfigError
 from .feature_cache import FeatureCache, cached_forward
@@ -86,7 +87,7 @@ def check_model(model: nn.Module, model_name: str, backbone: str) -> None:
 
 def autocast_key(device_type: str) -> str:
     """The autocast state of ``device_type`` as text ("off" or its dtype): part of a cached map's key."""
-    enabled, dtype = autocast_state(device_type)
+    enabled, dtype = autocast_query(device_type)
     return str(dtype) if enabled else "off"
 
 

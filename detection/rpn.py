@@ -16,7 +16,7 @@ import torch
 from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
 from detectron2.modeling.proposal_generator.rpn import RPN
 
-from .amp import autocast_state
+from revtransfer.reversible.state import autocast_query
 
 
 @lru_cache(maxsize=1)
@@ -40,7 +40,7 @@ class ImageParallelRPN(RPN):
         with torch.no_grad():
             proposals = self._decode_proposals(anchors, pred_anchor_deltas)
         # autocast is thread-local: each worker enters the caller's state in a context of its own
-        enabled, dtype = autocast_state("cpu")
+        enabled, dtype = autocast_query("cpu")
 
         def select(part: slice):
             with torch.no_grad(), _autocast_context(enabled, dtype):

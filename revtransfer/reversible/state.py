@@ -45,7 +45,8 @@ class RNGState:
                 torch.cuda.set_rng_state(s, d)
 
 
-def _autocast_query(device_type: str) -> tuple[bool, torch.dtype]:
+def autocast_query(device_type: str) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) of autocast for ``device_type`` in this thread, on every torch we support."""
     try:  # torch >= 2.4: device-generic API
         return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
     except TypeError:  # older torch
@@ -63,7 +64,7 @@ class AutocastState:
 
     @classmethod
     def capture(cls) -> "AutocastState":
-        settings = tuple((dev, *_autocast_query(dev)) for dev in _AUTOCAST_DEVICES
+        settings = tuple((dev, *autocast_query(dev)) for dev in _AUTOCAST_DEVICES
                          if dev == "cpu" or torch.cuda.is_available())
         return cls(settings, torch.is_autocast_cache_enabled())
 
