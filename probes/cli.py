@@ -80,8 +80,8 @@ def _only_filter(items: tuple[str, ...]):
               help="Add blocks of seeds until the declared primary claim is decided under its group-sequential "
                    "rule, its max_seeds are reached or --budget-hours is spent (state: OUT/sequential.json).")
 @click.option("--budget-hours", type=float, default=None,
-              help="With --until-decided: do not start a block that would end past this many hours of this call "
-                   "(estimated from the measured cell times).")
+              help="With --until-decided: do not start a block that would take the extension past this many "
+                   "hours (the added seeds' measured cell times, over every call, plus the next block's estimate).")
 @click.option("--redeclare", is_flag=True,
               help="Accept a changed claims:/probe: declaration although result rows exist (recorded; the report "
                    "says so).")

@@ -47,6 +47,7 @@ class DetectLadderSpec:
     seed: int = 0
     workers: int = 2
     extra: list[str] = field(default_factory=list)  # overrides for every run
+    roles: tuple[str, ...] = ROLES           # which of frozen / floor / ceiling to train
 
 
 def parse_rung(text: str) -> tuple[str, list[str]]:
@@ -55,6 +56,15 @@ def parse_rung(text: str) -> tuple[str, list[str]]:
         raise click.BadParameter(f"{text!r}: give NAME=OVERRIDES (NAME without spaces or '/'), e.g. "
                                  "'lr1e-4=optimizer.lr=1e-4'", param_hint="--rung")
     return name.strip(), rest.split()
+
+
+def parse_roles(text: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise click.BadParameter(f"{text!r}: give one or more of {', '.join(ROLES)}, comma-separated",
+                                 param_hint="--roles")
+    return tuple(r for r in ROLES if r in roles)
 
 
 def parse_backbone(text: str) -> tuple[str, Path]:
@@ -111,7 +121,7 @@ def run_detect_ladder(spec: DetectLadderSpec, workdir: Path, out: Path, progress
     for rung, overrides in spec.rungs.items():
         for arch, pretrained in spec.backbones.items():
             kwargs = backbone_kwargs(pretrained)
-            for role in ROLES:
+            for role in spec.roles:
                 out_dir = run_dir(workdir, rung, arch, role)
                 if (out_dir / "run.json").exists():
                     echo(f"{rung} {arch} {role}: done before")
@@ -209,6 +219,9 @@ def write_detect_ladder_report(spec: DetectLadderSpec, workdir: Path, out: Path)
 @click.option("--iters", type=int, default=1200, help="Iterations of the frozen and floor runs.")
 @click.option("--eval-period", type=int, default=200, help="Held-out evaluation every this many iterations.")
 @click.option("--ceiling-iters", type=int, default=400, help="Iterations of the fine-tuned ceiling.")
+@click.option("--roles", default=",".join(ROLES),
+              help="Which runs to train, comma-separated (a cheap first look at a rung trains `frozen` alone; "
+                   "the report shows every run there is).")
 @click.option("--train-n", type=int, default=3000)
 @click.option("--val-n", type=int, default=500)
 @click.option("--size", type=int, default=80, help="Scene side in pixels (train and held-out sets).")
@@ -221,8 +234,8 @@ def write_detect_ladder_report(spec: DetectLadderSpec, workdir: Path, out: Path)
 @click.option("--report-only", is_flag=True, help="Rewrite the report from the runs there are; train nothing.")
 @click.option("--progress/--no-progress", default=True)
 @click.argument("overrides", nargs=-1)
-def detect_ladder(backbones, rungs, iters, eval_period, ceiling_iters, train_n, val_n, size, categories, batch_size,
-                  out, workdir, report_only, progress, overrides):
+def detect_ladder(backbones, rungs, iters, eval_period, ceiling_iters, roles, train_n, val_n, size, categories,
+                  batch_size, out, workdir, report_only, progress, overrides):
     """Held-out box and mask AP against iterations and wall time, per protocol rung and arch: the
     frozen pretrained backbone beside its floor (random init, frozen) and ceiling (fine-tuned).
     OVERRIDES apply to every run."""
@@ -233,7 +246,7 @@ def detect_ladder(backbones, rungs, iters, eval_period, ceiling_iters, train_n, 
     spec = DetectLadderSpec(dict(parse_backbone(b) for b in backbones), dict(parse_rung(r) for r in rungs),
                             iters=iters, eval_period=eval_period, ceiling_iters=ceiling_iters, train_n=train_n,
                             val_n=val_n, size=size, categories=categories, batch_size=batch_size,
-                            extra=list(overrides))
+                            extra=list(overrides), roles=parse_roles(roles))
     if report_only:
         index = write_detect_ladder_report(spec, Path(workdir), Path(out))
     else:

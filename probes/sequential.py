@@ -17,7 +17,9 @@ group-sequential design, fixed before the first look. Then:
    reached (the last look spends what alpha is left; below its boundary the claim is not
    established), or when the next block does not fit in the budget: a block's cost is estimated
    from the measured cell times in the table (median ``wall_time_s`` per arch), so a block that
-   cannot finish is not started.
+   cannot finish is not started. The budget is the extension's, over every call: the measured
+   time of the seeds already added (rows beyond the grid's seeds) counts against it, so a study
+   resumed across sittings stops where one uninterrupted call would have.
 
 The state (looks, information fractions, z, boundaries, decisions, the design) is written
 atomically to ``OUT/sequential.json`` after every look; re-running continues from it (a killed
@@ -97,6 +99,15 @@ def _median_times(rows) -> dict:
     return out
 
 
+def extension_seconds(spec: SweepSpec) -> float:
+    """Measured cell time of the seeds the extension added (rows beyond the grid's own seeds)."""
+    rows = _ok_rows(spec)
+    if not len(rows) or "wall_time_s" not in rows:
+        return 0.0
+    added = rows[~rows["seed"].isin(list(spec.seeds))]
+    return float(np.nansum(added["wall_time_s"].to_numpy(dtype=float)))
+
+
 def until_decided(spec: SweepSpec, budget_hours: float | None = None, *, cell_runner: CellRunner = run_cell,
                   progress: bool = True, redeclare: bool = False, echo: Callable[[str], None] = log.info,
                   clock: Callable[[], float] = time.monotonic) -> SequentialReport:
@@ -137,6 +148,7 @@ def until_decided(spec: SweepSpec, budget_hours: float | None = None, *, cell_ru
     cells = sorted({_key(c.corr, c.fraction) for c in spec.cells()})
     budget_s = math.inf if budget_hours is None else float(budget_hours) * 3600
     t0 = clock()
+    before = extension_seconds(spec)  # earlier calls' added seeds: the budget is the extension's, not this call's
     spent = [0.0]  # measured cell time of the cells this call ran
     ran = [0]
 
@@ -158,7 +170,7 @@ def until_decided(spec: SweepSpec, budget_hours: float | None = None, *, cell_ru
             return None
         times = _median_times(_ok_rows(spec))
         est = sum(times.get(c.arch, times.get("*", 0.0)) for c in todo)
-        used = max(clock() - t0, spent[0])
+        used = before + max(clock() - t0, spent[0])
         if used + est > budget_s:
             return (f"budget spent: the next block ({len(todo)} cells, ~{est / 3600:.1f} h by the measured cell "
                     f"times) does not fit in the {budget_s / 3600:g} h budget ({used / 3600:.1f} h used); re-run "

@@ -154,8 +154,12 @@ def test_the_detection_ladder_runs_frozen_floor_and_ceiling_and_resumes(tmp_path
             "--ceiling-iters", "1", "--train-n", "12", "--val-n", "6", "--size", "32", "--batch-size", "2",
             "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--no-progress",
             "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
-    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    first = CliRunner().invoke(main, [*args, "--roles", "frozen"], catch_exceptions=False)  # a first look
+    assert first.exit_code == 0, first.output
+    assert set(pd.read_csv(tmp_path / "out" / "ladder_detection.csv")["role"]) == {"frozen"}
+    res = CliRunner().invoke(main, args, catch_exceptions=False)  # the references, beside it
     assert res.exit_code == 0, res.output
+    assert res.output.count("done before") == 1
     table = pd.read_csv(tmp_path / "out" / "ladder_detection.csv")
     assert set(table["role"]) == {"frozen", "floor", "ceiling"}
     assert table.set_index("role").loc["frozen", "iterations"] == 2
@@ -168,6 +172,14 @@ def test_the_detection_ladder_runs_frozen_floor_and_ceiling_and_resumes(tmp_path
     assert floor["backbone_load"]["keys_matched"] == 0 and "random" in floor["backbone_load"]["note"]
     again = CliRunner().invoke(main, args, catch_exceptions=False)  # every run is done: nothing trains
     assert again.exit_code == 0 and again.output.count("done before") == 3
+
+
+def test_the_detection_ladder_refuses_an_unknown_role(tmp_path):
+    run = tmp_path / "pre"
+    run.mkdir()
+    (run / "checkpoint_best.pt").write_bytes(b"")
+    res = CliRunner().invoke(main, ["detect-ladder", "--backbone", f"vit_micro={run}", "--roles", "frozen,celing"])
+    assert res.exit_code == 2 and "'frozen,celing': give one or more of frozen, floor, ceiling" in res.output
 
 
 def test_the_width_control_hands_the_pyramid_c_channels_from_revvit():

@@ -85,8 +85,12 @@ def test_the_budget_stops_before_a_block_it_cannot_finish_and_a_rerun_continues(
     assert len(run.calls) == 16 and [lk["look"] for lk in _state(spec)["looks"]] == [1]
     rep = until_decided(spec, 8.5, cell_runner=run, progress=False)  # one block fits, the next does not
     assert rep.stop == "budget spent" and len(run.calls) == 24 and len(_state(spec)["looks"]) == 2
+    # the budget is the extension's: the 8 h already added count, so 16.5 h buys one more block, not two
+    rep = until_decided(spec, 16.5, cell_runner=run, progress=False)
+    assert rep.stop == "budget spent" and len(run.calls) == 32 and "(16.0 h used)" in rep.message
     rep = until_decided(spec, cell_runner=run, progress=False)  # no budget: to the end
     assert rep.stop == "max seeds" and [lk["look"] for lk in _state(spec)["looks"]] == [1, 2, 3, 4]
+    assert len(run.calls) == 40
 
 
 def test_neyman_allocation_puts_the_seeds_where_the_variance_is(tmp_path):
