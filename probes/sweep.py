@@ -325,12 +325,24 @@ def ensure_dataset(entry: DatasetEntry, workers: int = 1, progress: bool = True,
 CellRunner = Callable[["SweepSpec", Cell, bool], dict]
 
 
+def _earlier_epochs_seconds(run_dir: Path) -> float:
+    """Training time a resumed cell spent in earlier sittings (its metrics log's epochs): a row's
+    ``wall_time_s`` is the cell's cost, which cell-time estimates and budgets are made of."""
+    from revtransfer.train.metrics import MetricsLog
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0.0
+    return float(sum(r.get("epoch_time_s") or 0.0 for r in MetricsLog(path).read()))
+
+
 def run_cell(spec: SweepSpec, cell: Cell, progress: bool = True) -> dict:
     """Pretrain (resuming if a checkpoint exists) and probe one cell; the row's measurements."""
     from revtransfer.train import pretrain
 
     t0 = time.perf_counter()
     cfg = spec.pretrain_config(cell)
+    earlier_s = _earlier_epochs_seconds(Path(cfg.out))
     result = pretrain(cfg, resume=True, progress=progress)
     probes = run_probes(cfg.out, spec.transfer.path, spec.probe, progress=progress)
     measured = open_dataset(cfg.dataset).manifest.get("measured", {})
@@ -345,7 +357,7 @@ def run_cell(spec: SweepSpec, cell: Cell, progress: bool = True) -> dict:
         "probe_C_grid_low": y.C_grid_low, "probe_C_grid_high": y.C_grid_high, "probe_C_at_edge": y.C_at_edge,
         **matched_columns(probes, spec.probe),
         "sanity_x_acc": x.acc if x else None, "sanity_x_auroc": x.auroc if x else None,
-        "feature_dim": result.feature_dim, "wall_time_s": time.perf_counter() - t0,
+        "feature_dim": result.feature_dim, "wall_time_s": earlier_s + time.perf_counter() - t0,
         "pretrain_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
         "peak_mem_mb": result.peak_mem_mb, "peak_mem_kind": result.peak_mem_kind,
     }

@@ -173,3 +173,25 @@ def test_progress_counts_done_running_left_and_estimates_the_rest(tmp_path):
     with FileLock(str(spec.run_dir(busy) / ".cell.lock")):  # another process runs it
         assert sweep_progress(spec).startswith("3/8 cells done, 1 running, 4 left")
         assert sweep_progress(spec).endswith("ETA 9 min at 1 cell(s) at a time")  # (4 + 1/2) x 2 min
+
+
+def test_a_resumed_cell_counts_its_earlier_sittings_in_wall_time(tmp_path):
+    """A cell killed after some epochs and resumed later costs both sittings: its row's wall_time_s
+    (what block estimates and --until-decided's budget add up) includes the earlier epochs."""
+    import json
+
+    write_dataset(tmp_path / "pt8", n=96, size=16, seed=0)
+    write_dataset(tmp_path / "tf", n=120, size=16, seed=2, transfer=True)
+    spec = _spec(tmp_path, grid={"arch": ["vit_micro"], "corr": [0.8], "fraction": [1], "seed": [0]},
+                 probe={"n_boot": 50}, recipe={"epochs": 1, "batch_size": 16, "val_frac": 0.25})
+    run_sweep(spec, progress=False)
+    first = ResultsTable(spec.out).read().iloc[0]
+    # the earlier sitting: its epoch took 1000 s; the row is gone (killed before it was written)
+    (spec.out / "results.parquet").unlink()
+    (spec.out / "results.csv").unlink(missing_ok=True)
+    metrics = spec.out / "runs" / first["cell_id"] / "metrics.jsonl"
+    recs = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({**r, "epoch_time_s": 1000.0}) + "\n" for r in recs))
+    run_sweep(spec, progress=False)  # resumes at the last epoch: probes only
+    again = ResultsTable(spec.out).read().iloc[0]
+    assert 1000.0 <= again["wall_time_s"] < 1000.0 + first["wall_time_s"] + 60
