@@ -153,6 +153,25 @@ def _sweep_cell(sweep, arch: str, corr: float, fraction: float, seed: int):
                      f"(its corrs: {sweep.corrs}, fractions: {sweep.fractions})")
 
 
+def _backbone_cell(spec: DetectStudySpec, arch: str, seed: int):
+    sweep = _sweep(spec, spec.seeds)
+    return sweep, _sweep_cell(sweep, arch, float(spec.backbones["corr"]), float(spec.backbones.get("fraction", 1.0)),
+                              seed)
+
+
+def backbone_state(spec: DetectStudySpec, arch: str, seed: int) -> str:
+    """``given`` (a checkpoint path in the study file), ``ready`` (the sweep cell's checkpoint is
+    there), ``rebuild`` (its row exists, its checkpoint does not: pretrained again) or ``pretrain``
+    (the sweep cell has not run: it runs, probes and all, as that sweep's cell)."""
+    if "checkpoints" in spec.backbones:
+        return "given"
+    sweep, cell = _backbone_cell(spec, arch, seed)
+    run = sweep.run_dir(cell)
+    if (run / "summary.json").exists() and (run / "checkpoint_best.pt").exists():
+        return "ready"
+    return "rebuild" if cell.cell_id in ResultsTable(sweep.out).finished_cells(sweep.name) else "pretrain"
+
+
 def ensure_backbone(spec: DetectStudySpec, arch: str, seed: int, progress: bool = True) -> tuple[str, dict | None]:
     """(checkpoint path, model kwargs) of the backbone of (arch, seed); a sweep cell that has not
     run yet is pretrained (and probed) as that sweep's cell first."""
@@ -161,11 +180,11 @@ def ensure_backbone(spec: DetectStudySpec, arch: str, seed: int, progress: bool 
     from .detect_ladder import backbone_model_kwargs
     from .sweep import run_sweep
 
-    sweep = _sweep(spec, spec.seeds)
-    cell = _sweep_cell(sweep, arch, float(spec.backbones["corr"]), float(spec.backbones.get("fraction", 1.0)), seed)
+    sweep, cell = _backbone_cell(spec, arch, seed)
     run = sweep.run_dir(cell)
-    if not ((run / "summary.json").exists() and (run / "checkpoint_best.pt").exists()):
-        if cell.cell_id in ResultsTable(sweep.out).finished_cells(sweep.name):
+    state = backbone_state(spec, arch, seed)
+    if state != "ready":
+        if state == "rebuild":
             rebuild_backbone(sweep, cell, progress)
         else:
             report = run_sweep(sweep, progress=progress, only=lambda c: c.cell_id == cell.cell_id)
@@ -276,8 +295,15 @@ def run_cell(spec: DetectStudySpec, cell: DetectCell, progress: bool = True) -> 
     from detection.train_net import main as detect_main
 
     data = ensure_datasets(spec, progress)
-    checkpoint, kwargs = ("", None) if cell.role == "floor" and "checkpoints" in spec.backbones else \
-        ensure_backbone(spec, cell.arch, cell.seed, progress)
+    if cell.role == "floor" and "checkpoints" in spec.backbones:
+        checkpoint, kwargs = "", None
+    elif cell.role == "floor":
+        # a floor loads no weights: it needs only the arch's model kwargs, which every seed's backbone
+        # of the sweep shares, so it takes them from one that is there rather than pretrain its own
+        ready = [s for s in dict.fromkeys([cell.seed, *spec.seeds]) if backbone_state(spec, cell.arch, s) == "ready"]
+        checkpoint, kwargs = ensure_backbone(spec, cell.arch, ready[0] if ready else cell.seed, progress)
+    else:
+        checkpoint, kwargs = ensure_backbone(spec, cell.arch, cell.seed, progress)
     return detect_main(run_args(spec, cell, data, checkpoint, kwargs))
 
 
@@ -299,10 +325,26 @@ def run_study(spec: DetectStudySpec, progress: bool = True, echo=print, only=Non
 
 
 def status_lines(spec: DetectStudySpec) -> list[str]:
-    done = finished(spec)
-    lines = [f"{'ok' if c.cell_id in done else 'partial' if (spec.run_dir(c) / 'last_checkpoint').exists() else 'todo':8s} "
-             f"{c.cell_id}" for c in spec.cells()]
-    return lines + [f"{len(done)} of {len(spec.cells())} cells done"]
+    """One line per cell: its state and, for a cell still to train, its backbone's (``backbone_state``)."""
+    done, states = finished(spec), {}
+    lines = []
+    for c in spec.cells():
+        state = "ok" if c.cell_id in done else "partial" if (spec.run_dir(c) / "last_checkpoint").exists() else "todo"
+        line = f"{state:8s} {c.cell_id}"
+        if state != "ok" and c.role != "floor":
+            key = (c.arch, c.seed)
+            if key not in states:
+                try:
+                    states[key] = backbone_state(spec, *key)
+                except StudyError as e:  # said here; running the cell raises it
+                    states[key] = f"none ({e})"
+            line += f"  (backbone: {states[key]})"
+        lines.append(line)
+    todo = {k: v for k, v in states.items() if v in ("rebuild", "pretrain")}
+    tail = f"{len(done)} of {len(spec.cells())} cells done"
+    if todo:
+        tail += f"; {len(todo)} backbone(s) to pretrain first"
+    return lines + [tail]
 
 
 def estimate_hours(spec: DetectStudySpec, bench_json: str) -> list[dict]:

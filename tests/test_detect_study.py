@@ -122,6 +122,21 @@ def test_a_backbone_is_reused_rebuilt_or_pretrained(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "pretrain", fake_pretrain)
     monkeypatch.setattr(sweep_mod, "run_sweep", fake_run_sweep)
 
+    assert [ds.backbone_state(spec, "vit_micro", s) for s in (0, 1, 2)] == ["ready", "rebuild", "pretrain"]
+    status = ds.status_lines(spec)
+    assert "todo     vit_micro-frozen-seed1  (backbone: rebuild)" in status
+    assert "todo     revvit_micro-frozen-width-control-seed0  (backbone: none (sweep sw has no cell revvit_micro" \
+        in status[3]  # BASE's width control names an arch the sweep lacks: said, not raised
+    assert status[-1] == "0 of 9 cells done; 2 backbone(s) to pretrain first"
+    # a floor loads no weights: at a seed without a backbone it takes the arch's kwargs from one that is there
+    trained = []
+    monkeypatch.setattr(ds, "ensure_datasets", lambda spec, progress=True: {"train": ("t.json", "t"),
+                                                                           "val": ("v.json", "v")})
+    monkeypatch.setattr("detection.train_net.main", lambda args: trained.append(args) or {})
+    ds.run_cell(spec, ds.DetectCell("vit_micro", 1, role="floor"), progress=False)
+    assert calls == [] and trained[0].backbone_checkpoint == "" and trained[0].seed == 1
+    assert "model.backbone.net.model_kwargs={embed_dim:16}" in trained[0].overrides
+
     path, kwargs = ds.ensure_backbone(spec, "vit_micro", 0, progress=False)
     assert path == str(run0 / "checkpoint_best.pt") and kwargs == {"embed_dim": 16} and calls == []  # reused
     ds.ensure_backbone(spec, "vit_micro", 1, progress=False)  # a row, no checkpoint: pretrained again
