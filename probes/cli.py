@@ -81,7 +81,8 @@ def _only_filter(items: tuple[str, ...]):
                    "rule, its max_seeds are reached or --budget-hours is spent (state: OUT/sequential.json).")
 @click.option("--budget-hours", type=float, default=None,
               help="With --until-decided: do not start a block that would take the extension past this many "
-                   "hours (the added seeds' measured cell times, over every call, plus the next block's estimate).")
+                   "hours (the seeds added by every call so far and the next block, each cell at its arch's median "
+                   "measured cell time).")
 @click.option("--redeclare", is_flag=True,
               help="Accept a changed claims:/probe: declaration although result rows exist (recorded; the report "
                    "says so).")

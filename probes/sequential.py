@@ -17,9 +17,9 @@ group-sequential design, fixed before the first look. Then:
    reached (the last look spends what alpha is left; below its boundary the claim is not
    established), or when the next block does not fit in the budget: a block's cost is estimated
    from the measured cell times in the table (median ``wall_time_s`` per arch), so a block that
-   cannot finish is not started. The budget is the extension's, over every call: the measured
-   time of the seeds already added (rows beyond the grid's seeds) counts against it, so a study
-   resumed across sittings stops where one uninterrupted call would have.
+   cannot finish is not started. The budget is the extension's, over every call: the seeds already
+   added (rows beyond the grid's seeds, each at its arch's median cell time) count against it, so a
+   study resumed across sittings stops where one uninterrupted call would have.
 
 The state (looks, information fractions, z, boundaries, decisions, the design) is written
 atomically to ``OUT/sequential.json`` after every look; re-running continues from it (a killed
@@ -100,12 +100,15 @@ def _median_times(rows) -> dict:
 
 
 def extension_seconds(spec: SweepSpec) -> float:
-    """Measured cell time of the seeds the extension added (rows beyond the grid's own seeds)."""
+    """What the seeds the extension added (rows beyond the grid's own seeds) cost, each at its arch's
+    median cell time: the measure blocks are estimated in, and one a cell paused for hours (its
+    wall time includes the pause) does not inflate."""
     rows = _ok_rows(spec)
-    if not len(rows) or "wall_time_s" not in rows:
+    times = _median_times(rows)
+    if not times:
         return 0.0
     added = rows[~rows["seed"].isin(list(spec.seeds))]
-    return float(np.nansum(added["wall_time_s"].to_numpy(dtype=float)))
+    return float(sum(times.get(a, times["*"]) for a in added["arch"]))
 
 
 def until_decided(spec: SweepSpec, budget_hours: float | None = None, *, cell_runner: CellRunner = run_cell,
