@@ -263,6 +263,7 @@ def test_sequential_rule_keeps_type_one_error_under_the_null():
 # --- the CPU study's committed rows --------------------------------------------------------------------
 def test_the_cpu_study_rows_give_the_known_numbers():
     res = pd.read_csv(STUDY)
+    res = res[res["seed"].isin([0, 1, 2])]  # the first look's 36 cells (the extension adds seeds 3 on)
     rows = S.study_rows(res)
     assert len(rows) == 36 and (rows["n_test"] == 2000).all()
     m = S.fit_effects(res)
