@@ -165,7 +165,10 @@ def backbone_state(spec: DetectStudySpec, arch: str, seed: int) -> str:
     (the sweep cell has not run: it runs, probes and all, as that sweep's cell)."""
     if "checkpoints" in spec.backbones:
         return "given"
-    sweep, cell = _backbone_cell(spec, arch, seed)
+    return _cell_state(*_backbone_cell(spec, arch, seed))
+
+
+def _cell_state(sweep, cell) -> str:
     run = sweep.run_dir(cell)
     if (run / "summary.json").exists() and (run / "checkpoint_best.pt").exists():
         return "ready"
@@ -182,7 +185,7 @@ def ensure_backbone(spec: DetectStudySpec, arch: str, seed: int, progress: bool 
 
     sweep, cell = _backbone_cell(spec, arch, seed)
     run = sweep.run_dir(cell)
-    state = backbone_state(spec, arch, seed)
+    state = _cell_state(sweep, cell)
     if state != "ready":
         if state == "rebuild":
             rebuild_backbone(sweep, cell, progress)
