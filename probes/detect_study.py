@@ -16,9 +16,10 @@ from, the detector, the datasets and the references:
       train: {n: 3000, width: 80, height: 80, seed: 21}
       val: {n: 500, width: 80, height: 80, seed: 22}
     # ... or COCO by path: train: {json: ..., images: ...}, val: {json: ..., images: ...}
-    detector: {config: "clevr_mask_rcnn_{arch}_frozen", iters: 1200, eval_period: 240, overrides: []}
+    detector: {config: "clevr_mask_rcnn_{arch}_frozen", iters: 1200, eval_period: 240, overrides: [],
+               decay_at: [0.667, 0.889]}                 # lr x0.1 at these fractions of each cell's length
     references: {floor: {seeds: [0, 1]}, ceiling: {seeds: [0], iters: 400}}
-    width_control: {archs: [revvit_micro]}               # the pyramid gets C channels, not 2C
+    width_control: {archs: [revvit_micro], seeds: [0, 1, 2]}  # the pyramid gets C channels, not 2C
     launcher: {partition: gpu, time: "24:00:00"}         # SLURM resources for --launcher slurm
 
 With a sweep as the source, a cell whose backbone exists trains only the detector; a missing
@@ -113,6 +114,10 @@ class DetectStudySpec:
         seeds = [int(s) for s in d["seeds"]]
         if len(set(seeds)) < len(seeds):
             raise StudyError(f"seeds {seeds} repeat")
+        _check_decay_at(d["detector"].get("decay_at"))
+        wc = d.get("width_control") or {}
+        if set(wc.get("seeds", seeds)) - set(seeds):
+            raise StudyError(f"width_control.seeds {wc['seeds']} must be among the study's seeds {seeds}")
         return cls(name=str(d["name"]), out=workdir / d["out"], archs=list(d["archs"]), seeds=seeds,
                    backbones=dict(bb), datasets=dict(d["datasets"]), detector=dict(d["detector"]),
                    references=dict(d.get("references") or {}), width_control=dict(d.get("width_control") or {}),
@@ -121,7 +126,8 @@ class DetectStudySpec:
     # --- cells ------------------------------------------------------------------------------------
     def cells(self) -> list[DetectCell]:
         out = [DetectCell(a, s) for s in self.seeds for a in self.archs]
-        out += [DetectCell(a, s, tag="width-control") for s in self.seeds for a in self.width_control.get("archs", [])]
+        wc = self.width_control
+        out += [DetectCell(a, s, tag="width-control") for s in wc.get("seeds", self.seeds) for a in wc.get("archs", [])]
         floor = self.references.get("floor") or {}
         out += [DetectCell(a, s, role="floor") for s in floor.get("seeds", []) for a in self.archs]
         ceiling = self.references.get("ceiling") or {}
@@ -135,6 +141,26 @@ class DetectStudySpec:
         if cell.role == "ceiling":
             return int((self.references.get("ceiling") or {}).get("iters", self.detector["iters"]))
         return int(self.detector["iters"])
+
+    def schedule_overrides(self, cell: DetectCell) -> list[str]:
+        """``detector.decay_at``: the lr's x0.1 steps at these fractions of the cell's own length, so a
+        shorter ceiling decays at the same points of its schedule as the frozen runs."""
+        fractions = self.detector.get("decay_at")
+        if not fractions:
+            return []
+        n = self.iters(cell)
+        milestones = ",".join(str(round(f * n)) for f in fractions)
+        values = ",".join(f"{0.1 ** i:g}" for i in range(len(fractions) + 1))
+        return [f"lr_multiplier.scheduler.milestones=[{milestones}]", f"lr_multiplier.scheduler.values=[{values}]"]
+
+
+def _check_decay_at(fractions) -> None:
+    if fractions is None:
+        return
+    ok = isinstance(fractions, list) and fractions and all(isinstance(f, (int, float)) for f in fractions)
+    if not ok or not all(a < b for a, b in zip([0, *fractions], [*fractions, 1])):
+        raise StudyError(f"detector.decay_at {fractions!r}: give increasing fractions of the run in (0, 1), "
+                         "e.g. [0.667, 0.889]")
 
 
 # --- backbones and data ----------------------------------------------------------------------------
@@ -258,7 +284,7 @@ def run_args(spec: DetectStudySpec, cell: DetectCell, data: dict, checkpoint: st
 
     period = min(int(spec.detector.get("eval_period", spec.iters(cell))), spec.iters(cell))
     overrides = [f"train.eval_period={period}", f"train.checkpointer.period={period}",
-                 *spec.detector.get("overrides", [])]
+                 *spec.schedule_overrides(cell), *spec.detector.get("overrides", [])]
     if kwargs:
         from .detect_ladder import override_value
 

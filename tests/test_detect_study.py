@@ -155,3 +155,26 @@ def test_a_backbone_is_reused_rebuilt_or_pretrained(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "pretrain", lambda cfg, resume=True, progress=True: types.SimpleNamespace(val_acc=0.93))
     with pytest.raises(StudyError, match="wrote no checkpoint_best.pt"):  # a finished run dir without its best
         ds.ensure_backbone(spec, "vit_micro", 1, progress=False)
+
+
+def test_the_schedule_decays_at_fractions_of_each_cells_length(tmp_path):
+    spec = DetectStudySpec.from_dict({**BASE, "detector": {**BASE["detector"], "iters": 6000, "decay_at": [0.6667, 0.8889]},
+                                      "width_control": {"archs": ["revvit_micro"], "seeds": [0, 1, 2]}}, tmp_path)
+    cells = {c.cell_id: c for c in spec.cells()}
+    assert {c.seed for c in cells.values() if c.tag} == {0, 1, 2}
+    data = {"train": ("tr.json", "tr"), "val": ("va.json", "va")}
+    frozen = run_args(spec, cells["vit_micro-frozen-seed0"], data, "v.pt", None).overrides
+    ceiling = run_args(spec, cells["vit_micro-ceiling-seed0"], data, "v.pt", None).overrides
+    assert "lr_multiplier.scheduler.milestones=[4000,5333]" in frozen
+    assert "lr_multiplier.scheduler.milestones=[267,356]" in ceiling
+    assert "lr_multiplier.scheduler.values=[1,0.1,0.01]" in frozen
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"detector": {**BASE["detector"], "decay_at": [0.9, 0.5]}}, "decay_at"),
+    ({"detector": {**BASE["detector"], "decay_at": [1.2]}}, "decay_at"),
+    ({"width_control": {"archs": ["revvit_micro"], "seeds": [9]}}, "width_control.seeds"),
+])
+def test_a_bad_schedule_or_width_seed_is_named(change, message):
+    with pytest.raises(StudyError, match=message):
+        DetectStudySpec.from_dict({**BASE, **change})

@@ -107,6 +107,11 @@ def test_claim_c_rules_on_synthetic_rows():
     one = judge_detection(_rows(5, 5, n=1))
     assert one["verdict"] == "inconclusive" and "fewer than 2" in one["evidence"]
     assert judge_detection(_rows(5, 5), tag="width-control")["n_reversible"] == 0  # tags are separate studies
+    # the width control changes only RevViT's side: its rows are judged against ViT's main rows
+    main, control = _rows(5, 5), _rows(0.0, 0.0, n=3, seed=1, tag="width-control")
+    width = judge_detection(pd.concat([main, control[control["arch"] == "revvit_micro"]]), tag="width-control")
+    assert (width["n_reversible"], width["n_baseline"], width["baseline_rows"]) == (3, 6, "main")
+    assert width["verdict"] != "reproduced" and judge_detection(main)["n_reversible"] == 6
     assert judge_detection(_rows(5, 5))["converged"] == "all"
 
 

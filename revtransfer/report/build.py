@@ -337,8 +337,12 @@ def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
     verdicts = [v for v in verdicts if min(v["n_reversible"], v["n_baseline"]) >= 2]
     if not verdicts:
         return []
-    table = pd.DataFrame([{"claim": v["claim"], "pair": v["pair"], "rows": v["tag"] or "main", "runs per arch":
-                           f"{v['n_reversible']}/{v['n_baseline']}", "verdict": v["verdict"],
+    def rows_of(v):  # a control judged against the baseline's main runs says so
+        shown = v["tag"] or "main"
+        return shown if v.get("baseline_rows", shown) == shown else f"{shown} (baseline: {v['baseline_rows']})"
+
+    table = pd.DataFrame([{"claim": v["claim"], "pair": v["pair"], "rows": rows_of(v),
+                           "runs per arch": f"{v['n_reversible']}/{v['n_baseline']}", "verdict": v["verdict"],
                            "converged": v.get("converged"), "evidence": v["evidence"]} for v in verdicts])
     return ["### Claim (c): frozen RevViT >= ViT in box and mask AP\n",
             "Judged by the rules in `revtransfer/report/detection_claim.py`, fixed before the runs: Welch "

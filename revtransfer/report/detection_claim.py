@@ -3,10 +3,11 @@ mask AP (thesis Table 4.2)".
 
 Rows are detection runs of the results table: one per (arch, seed) with the backbone frozen at its
 pretrained weights (``backbone_role == "frozen"``), optionally split by ``tag`` (the main rows and a
-width control). The backbones of the two archs at one seed share only their pretraining data and
-order, not their initial weights, so the comparison is unpaired: the RevViT − ViT difference of
-mean AP with a Welch interval (statsmodels), and beside it an exact permutation test of the arch
-labels (scipy). Rules:
+width control; a control without baseline rows of its own, as the width control, which changes only
+RevViT's side, is compared with the baseline's main rows). The backbones of the two archs at one
+seed share only their pretraining data and order, not their initial weights, so the comparison is
+unpaired: the RevViT − ViT difference of mean AP with a Welch interval (statsmodels), and beside it
+an exact permutation test of the arch labels (scipy). Rules:
 
 - **reproduced**: RevViT − ViT is credibly positive in both box and mask AP (each one-sided test at
   ``alpha``; both must pass, an intersection-union test, so no multiplicity correction is due);
@@ -67,12 +68,17 @@ def judge_detection(rows: pd.DataFrame, reversible: str = "revvit_micro", baseli
     from revtransfer.report.stats import holm, min_detectable_effect
 
     frozen = rows[(rows.get("backbone_role") == "frozen") & rows["box_AP"].notna()] if len(rows) else rows
-    if "tag" in frozen:
-        frozen = frozen[frozen["tag"].fillna("").eq(tag or "")]
-    rev = frozen[frozen["arch"] == reversible]
-    vit = frozen[frozen["arch"] == baseline]
+    tags = frozen["tag"].fillna("") if "tag" in frozen else pd.Series("", index=frozen.index)
+    rev = frozen[(frozen["arch"] == reversible) & tags.eq(tag or "")]
+    vit = frozen[(frozen["arch"] == baseline) & tags.eq(tag or "")]
+    baseline_rows = tag or "main"
+    if tag and vit.empty:
+        # a control that changes only the reversible side (the width control: RevViT's pyramid gets
+        # C channels, which ViT's already has) is compared with the baseline's main runs
+        vit, baseline_rows = frozen[(frozen["arch"] == baseline) & tags.eq("")], "main"
+    frozen = pd.concat([rev, vit])
     out = {"claim": "(c) frozen RevViT >= ViT in box and mask AP (Table 4.2)", "tag": tag or "",
-           "n_reversible": len(rev), "n_baseline": len(vit), "alpha": alpha}
+           "n_reversible": len(rev), "n_baseline": len(vit), "baseline_rows": baseline_rows, "alpha": alpha}
     if len(rev) < 2 or len(vit) < 2:
         return {**out, "verdict": "inconclusive", "evidence": "fewer than 2 runs per arch: no interval"}
     tests = {}
