@@ -31,6 +31,19 @@ def backbone_role(info: dict) -> str:
     return "frozen" if info.get("backbone_checkpoint") else "floor"
 
 
+def ap_history(output_dir) -> str | None:
+    """The run's held-out AP after every evaluation (``eval_history.json``) as compact JSON, kept in
+    its row so that a report's AP-against-iterations plot needs only the table, not the run dir."""
+    from pathlib import Path
+
+    path = Path(output_dir) / "eval_history.json"
+    if not path.exists():
+        return None
+    keys = ("iteration", "bbox_AP", "segm_AP", "wall_s")
+    return json.dumps([{k: h[k] for k in keys if k in h} for h in json.loads(path.read_text())],
+                      separators=(",", ":"))
+
+
 def detection_row(info: dict, metrics: dict) -> dict:
     """One table row from a run's ``run.json`` content and its AP dict."""
     vers = info.get("versions", {})
@@ -44,6 +57,7 @@ def detection_row(info: dict, metrics: dict) -> dict:
         "backbone_role": backbone_role(info), "tag": info.get("tag", ""),
         "backbone_keys_matched": load.get("keys_matched"), "precision": info.get("precision"),
         "box_AP_change_last_fifth": info.get("box_AP_change_last_fifth"),
+        "ap_history": ap_history(info["output_dir"]),
         "val_dataset": info["val_dataset"], "batch_size": info["batch_size"],
         **metrics_columns(metrics),
         "wall_time_s": info["wall_time_s"], "device": info["device"], "world_size": info["world_size"],

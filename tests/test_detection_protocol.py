@@ -147,6 +147,27 @@ def test_the_report_shows_floor_ceiling_curves_and_the_verdict(tmp_path):
     assert set(summary["backbone_role"]) == {"frozen", "floor", "ceiling"}
 
 
+
+def test_a_runs_ap_curve_travels_in_its_row(tmp_path):
+    """The AP-against-iterations plot of a committed report needs only the results table."""
+    from detection.results import detection_row
+    from revtransfer.report.tables import detection_curves
+
+    run = tmp_path / "run"
+    run.mkdir()
+    history = [{"iteration": it, "bbox_AP": it / 10, "segm_AP": it / 20, "wall_s": it / 2} for it in (600, 1200)]
+    (run / "eval_history.json").write_text(json.dumps(history))
+    info = {"mode": "train", "output_dir": str(run), "arch": "vit_micro", "seed": 3, "dataset": "tr.json",
+            "config": "c", "iterations": 1200, "backbone_checkpoint": "b.pt", "frozen": True, "val_dataset": "va.json",
+            "batch_size": 8, "wall_time_s": 1.0, "device": "cpu", "world_size": 1, "git_commit": "x",
+            "finished_at": "now"}
+    row = detection_row(info, {"bbox": {"AP": 12.0}, "segm": {"AP": 6.0}})
+    (run / "eval_history.json").unlink()  # the run dir is gone (not in git); the row still has the curve
+    curves = detection_curves(pd.DataFrame([row]))
+    assert list(curves["iteration"]) == [600, 1200] and list(curves["bbox_AP"]) == [60.0, 120.0]
+    assert set(curves["backbone_role"]) == {"frozen"} and set(curves["tag"]) == {""}
+
+
 @pytest.mark.slow
 def test_the_detection_ladder_runs_frozen_floor_and_ceiling_and_resumes(tmp_path, study_dataset):
     from revtransfer.train import PretrainConfig, pretrain

@@ -94,12 +94,17 @@ _ROLE_STYLE = {"frozen": dict(ls="-"), "floor": dict(ls=":"), "ceiling": dict(ls
 
 def detection_curves(curves: pd.DataFrame, path: Path) -> Path:
     """Held-out box and mask AP against training iterations, one line per run: frozen pretrained
-    (solid), random-init floor (dotted), fine-tuned ceiling (dashed), colour by arch."""
+    (solid), random-init floor (dotted), fine-tuned ceiling (dashed), a tagged part of a study such
+    as the width control (dash-dot, named), colour by arch."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
-    for (_run, arch, role), g in curves.groupby(["run_dir", "arch", "backbone_role"], sort=True):
+    if "tag" not in curves:
+        curves = curves.assign(tag="")
+    for (_run, arch, role, tag), g in curves.groupby(["run_dir", "arch", "backbone_role", "tag"], sort=True):
         g = g.sort_values("iteration")
         style = dict(_ARCH_STYLE.get(arch, dict(label=arch, marker="o")))
         style.update(_ROLE_STYLE.get(role, {}), label=f"{style.get('label', arch)} {role}", markersize=3)
+        if tag:
+            style.update(ls="-.", label=f"{style['label']} ({tag})")
         for ax, col in zip(axes, ("bbox_AP", "segm_AP")):
             ax.plot(g["iteration"], g[col], **style)
     for ax, what in zip(axes, ("box AP", "mask AP")):

@@ -147,16 +147,21 @@ def detection_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def detection_curves(results: pd.DataFrame) -> pd.DataFrame:
-    """Held-out AP against iterations of every detection run whose dir still holds eval_history.json."""
+    """Held-out AP against iterations of every detection run: from its row's ``ap_history``, or from
+    the eval_history.json its dir still holds (rows made before the column)."""
     if "box_AP" not in results or "run_dir" not in results:
         return pd.DataFrame()
     frames = []
     for r in results[results["box_AP"].notna()].itertuples():
         path = Path(str(r.run_dir)) / "eval_history.json"
-        if path.exists():
-            h = pd.DataFrame(json.loads(path.read_text()))
-            frames.append(h.assign(run_dir=str(r.run_dir), arch=r.arch,
-                                   backbone_role=getattr(r, "backbone_role", "frozen") or "frozen"))
+        stored = getattr(r, "ap_history", None)
+        history = json.loads(stored) if isinstance(stored, str) and stored else \
+            json.loads(path.read_text()) if path.exists() else None
+        if history:
+            role, tag = getattr(r, "backbone_role", None), getattr(r, "tag", None)
+            frames.append(pd.DataFrame(history).assign(
+                run_dir=str(r.run_dir), arch=r.arch, backbone_role=role if isinstance(role, str) and role else "frozen",
+                tag=tag if isinstance(tag, str) else ""))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
