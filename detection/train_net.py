@@ -257,6 +257,7 @@ def _reset_loggers() -> None:
 def run(args: RunArgs) -> dict:
     """One process's work (what ``launch`` calls): train or evaluate, then record the run."""
     start = time.time()
+    commit = git_commit()  # the code this run trains with, not what the checkout holds when it ends
     cfg = load_run_config(args)
     if str(cfg.train.device).startswith("cpu"):
         # Denormal floats (tiny AdamW moments, near-zero activations) slow CPU math by 5-10x as
@@ -280,13 +281,14 @@ def run(args: RunArgs) -> dict:
         if cache is not None:
             logger.info("frozen backbone feature cache: %s", cache.stats)
         record_run(cfg, args, metrics, wall, getattr(net, "checkpoint_load", None),
-                   feature_cache=cache.stats if cache is not None else None)
+                   feature_cache=cache.stats if cache is not None else None, commit=commit)
     return metrics
 
 
 def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load: dict | None = None,
-             feature_cache: dict | None = None) -> dict:
-    """What ``run.json`` records: the run's identity, seed, data, and provenance."""
+             feature_cache: dict | None = None, commit: str | None = None) -> dict:
+    """What ``run.json`` records: the run's identity, seed, data, and provenance (``commit``: the git
+    commit at the run's start; now, if not given)."""
     net = backbone_net(cfg.model.backbone)
     train, test = cfg.datasets.train, cfg.datasets.test
     return {
@@ -307,7 +309,7 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load
         "weights": args.weights or "",
         "output_dir": str(cfg.train.output_dir),
         "wall_time_s": None if wall_time_s is None else round(wall_time_s, 2),
-        "git_commit": git_commit(),
+        "git_commit": commit or git_commit(),
         "versions": library_versions(),
         "command": " ".join(sys.argv),
         "overrides": list(args.overrides),
@@ -320,10 +322,10 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load
 
 
 def record_run(cfg, args: RunArgs, metrics: dict, wall_time_s: float, backbone_load: dict | None = None,
-               feature_cache: dict | None = None) -> dict:
+               feature_cache: dict | None = None, commit: str | None = None) -> dict:
     """Write run.json and eval_results.json; append the run's row to the results table."""
     out = Path(cfg.train.output_dir)
-    info = run_info(cfg, args, wall_time_s, backbone_load, feature_cache)
+    info = run_info(cfg, args, wall_time_s, backbone_load, feature_cache, commit)
     atomic_write_json(out / "run.json", info)
     atomic_write_json(out / "eval_results.json", metrics)
     if args.results_dir:

@@ -223,3 +223,12 @@ def test_the_width_control_hands_the_pyramid_c_channels_from_revvit():
     assert vit.output_shape()["last_feat"].channels == 16 and not vit.halve_channels
     with pytest.raises(ValueError, match="out_channels=12"):
         TimmViT("revvit_micro", model_kwargs=kw, out_channels=12)
+
+
+def test_a_run_records_the_commit_it_started_with():
+    """A run that outlives a commit (a study cell takes half an hour) names the code it trained with."""
+    from detection.train_net import RunArgs, run_info
+
+    cfg = build_config("clevr_mask_rcnn_vit_micro_frozen")
+    info = run_info(cfg, RunArgs(config="clevr_mask_rcnn_vit_micro_frozen"), commit="0123abc")
+    assert info["git_commit"] == "0123abc"
