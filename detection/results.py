@@ -31,17 +31,22 @@ def backbone_role(info: dict) -> str:
     return "frozen" if info.get("backbone_checkpoint") else "floor"
 
 
-def ap_history(output_dir) -> str | None:
-    """The run's held-out AP after every evaluation (``eval_history.json``) as compact JSON, kept in
-    its row so that a report's AP-against-iterations plot needs only the table, not the run dir."""
+EVAL_HISTORY = "eval_history.json"  # a run's held-out AP after every evaluation (detection.train_net)
+
+
+def read_eval_history(output_dir) -> list[dict]:
     from pathlib import Path
 
-    path = Path(output_dir) / "eval_history.json"
-    if not path.exists():
-        return None
+    path = Path(output_dir) / EVAL_HISTORY
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def ap_history(output_dir) -> str | None:
+    """The run's eval history as compact JSON, kept in its row so that a report's AP-against-iterations
+    plot needs only the table, not the run dir."""
     keys = ("iteration", "bbox_AP", "segm_AP", "wall_s")
-    return json.dumps([{k: h[k] for k in keys if k in h} for h in json.loads(path.read_text())],
-                      separators=(",", ":"))
+    history = read_eval_history(output_dir)
+    return json.dumps([{k: h[k] for k in keys if k in h} for h in history], separators=(",", ":")) if history else None
 
 
 def detection_row(info: dict, metrics: dict) -> dict:

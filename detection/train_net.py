@@ -11,7 +11,6 @@ Files of a run (``train.output_dir``): ``config.yaml`` (the full config, reloada
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -34,6 +33,7 @@ from revtransfer.provenance import git_commit, library_versions, utc_now
 from . import results as results_table
 from .config import backbone_net, build_config, prepare
 from .errors import ConfigError
+from .results import EVAL_HISTORY, read_eval_history
 
 logger = logging.getLogger("detectron2")
 
@@ -120,12 +120,6 @@ def _ddp(model, **kwargs):
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-EVAL_HISTORY = "eval_history.json"
-
-
-def read_eval_history(output_dir) -> list[dict]:
-    path = Path(output_dir) / EVAL_HISTORY
-    return json.loads(path.read_text()) if path.exists() else []
 
 
 def change_over_last_fifth(history: list[dict], max_iter: int, key: str = "bbox_AP") -> float | None:
