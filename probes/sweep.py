@@ -434,7 +434,7 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
             if cell.cell_id in ResultsTable(spec.out).finished_cells(spec.name):  # finished meanwhile
                 report.skipped.append(cell.cell_id)
                 continue
-            log.info("[%d/%d] %s (%s)", i + 1, len(todo), cell.cell_id, sweep_progress(spec, here=cell))
+            log.info("[%d/%d] %s (%s)", i + 1, len(todo), cell.cell_id, sweep_progress(spec, here=cell, cells=cells))
             t0 = time.perf_counter()
             row = cell_row(spec, cell, device, versions, commit)
             try:
@@ -514,14 +514,15 @@ def cell_lock_held(run_dir: Path) -> bool:
         return not mine
 
 
-def sweep_progress(spec: SweepSpec, here: Cell | None = None) -> str:
+def sweep_progress(spec: SweepSpec, here: Cell | None = None, cells: list[Cell] | None = None) -> str:
     """Cells done / running / left and an ETA from the measured cell times: left (plus half of
     those running) times the median wall time of the finished cells, over the cells running at
-    once (at least one). ``here``: the cell this process is about to run (counted as running)."""
+    once (at least one). ``here``: the cell this process is about to run (counted as running);
+    ``cells``: the cells in scope (a block of --until-decided, an --only filter; default all)."""
     t = ResultsTable(spec.out).read()
     ok = t[(t["sweep"] == spec.name) & (t["status"] == "ok")] if len(t) else t
     finished = set(ok["cell_id"]) if len(ok) else set()
-    cells = spec.cells()
+    cells = spec.cells() if cells is None else cells
     done = sum(c.cell_id in finished for c in cells)
     running = sum(c.cell_id not in finished and (c == here or cell_lock_held(spec.run_dir(c)))
                   for c in cells)

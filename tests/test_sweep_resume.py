@@ -173,6 +173,8 @@ def test_progress_counts_done_running_left_and_estimates_the_rest(tmp_path):
     with FileLock(str(spec.run_dir(busy) / ".cell.lock")):  # another process runs it
         assert sweep_progress(spec).startswith("3/8 cells done, 1 running, 4 left")
         assert sweep_progress(spec).endswith("ETA 9 min at 1 cell(s) at a time")  # (4 + 1/2) x 2 min
+    # in scope only: a block or an --only filter counts its own cells, not the whole grid's
+    assert sweep_progress(spec, cells=spec.cells()[2:4]).startswith("1/2 cells done, 0 running, 1 left")
 
 
 def test_a_resumed_cell_counts_its_earlier_sittings_in_wall_time(tmp_path):
