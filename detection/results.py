@@ -66,6 +66,7 @@ def detection_row(info: dict, metrics: dict) -> dict:
         "val_dataset": info["val_dataset"], "batch_size": info["batch_size"],
         **metrics_columns(metrics),
         "wall_time_s": info["wall_time_s"], "device": info["device"], "world_size": info["world_size"],
+        "threads": info.get("threads"),
         "git_commit": info["git_commit"], "torch_version": vers.get("torch"), "timm_version": vers.get("timm"),
         "detectron2_version": vers.get("detectron2"), "versions": json.dumps(vers, sort_keys=True),
         "run_dir": info["output_dir"], "finished_at": info["finished_at"],

@@ -300,6 +300,7 @@ def run_info(cfg, args: RunArgs, wall_time_s: float | None = None, backbone_load
         "seed": int(cfg.train.seed),
         "device": str(cfg.train.device),
         "world_size": comm.get_world_size(),
+        "threads": torch.get_num_threads(),  # intra-op threads per process: two runs may share a machine's cores
         "weights": args.weights or "",
         "output_dir": str(cfg.train.output_dir),
         "wall_time_s": None if wall_time_s is None else round(wall_time_s, 2),

@@ -217,6 +217,15 @@ def ensure_backbone(spec: DetectStudySpec, arch: str, seed: int, progress: bool 
             rebuild_backbone(sweep, cell, progress)
         else:
             report = run_sweep(sweep, progress=progress, only=lambda c: c.cell_id == cell.cell_id)
+            if cell.cell_id in report.busy:  # another process (the probe sweep itself) pretrains it now
+                log.info("backbone %s is being pretrained by another process: waiting for it", cell.cell_id)
+                from filelock import FileLock
+
+                with FileLock(str(run / ".cell.lock")):
+                    pass
+                if _cell_state(sweep, cell) != "ready":
+                    raise StudyError(f"backbone cell {cell.cell_id}: the process pretraining it ended without "
+                                     f"a checkpoint (see {run / 'error.txt'}); run the study again")
             if cell.cell_id in report.failed:
                 raise StudyError(f"pretraining backbone cell {cell.cell_id} failed: {report.failed[cell.cell_id]}")
     return str(run / "checkpoint_best.pt"), backbone_model_kwargs(run)
@@ -337,30 +346,43 @@ def run_cell(spec: DetectStudySpec, cell: DetectCell, progress: bool = True) -> 
 
 
 def run_study(spec: DetectStudySpec, progress: bool = True, echo=print, only=None) -> dict[str, str]:
-    """Every unfinished cell, in order; a failed cell is reported and the others go on."""
+    """Every unfinished cell, in order; a failed cell is reported and the others go on. A cell
+    another process is running (its lock is held: a second ``detect-study`` of the same study, a
+    SLURM job) is left to it, so several processes can share one study."""
+    from .sweep import cell_lock
+
     done, failed = finished(spec), {}
     todo = [c for c in spec.cells() if c.cell_id not in done and (only is None or only(c))]
     echo(f"detection study {spec.name}: {len(done)} cells done, {len(todo)} to run")
     for i, cell in enumerate(todo, 1):
-        echo(f"[{i}/{len(todo)}] {cell.cell_id}")
-        try:
-            metrics = run_cell(spec, cell, progress)
-            echo(f"  box AP {metrics.get('bbox', {}).get('AP', float('nan')):.1f}, "
-                 f"mask AP {metrics.get('segm', {}).get('AP', float('nan')):.1f}")
-        except Exception as e:  # noqa: BLE001 — recorded, the study goes on
-            failed[cell.cell_id] = f"{type(e).__name__}: {e}"
-            echo(f"  failed: {failed[cell.cell_id]}")
+        with cell_lock(spec.run_dir(cell)) as mine:
+            if not mine:
+                echo(f"[{i}/{len(todo)}] {cell.cell_id}: another process is running it, left to it")
+                continue
+            if cell.cell_id in finished(spec):  # finished by another process meanwhile
+                continue
+            echo(f"[{i}/{len(todo)}] {cell.cell_id}")
+            try:
+                metrics = run_cell(spec, cell, progress)
+                echo(f"  box AP {metrics.get('bbox', {}).get('AP', float('nan')):.1f}, "
+                     f"mask AP {metrics.get('segm', {}).get('AP', float('nan')):.1f}")
+            except Exception as e:  # noqa: BLE001 — recorded, the study goes on
+                failed[cell.cell_id] = f"{type(e).__name__}: {e}"
+                echo(f"  failed: {failed[cell.cell_id]}")
     return failed
 
 
 def status_lines(spec: DetectStudySpec) -> list[str]:
     """One line per cell: its state and, for a cell still to train, its backbone's (``backbone_state``)."""
+    from .sweep import cell_lock_held
+
     done, states = finished(spec), {}
     lines = []
     for c in spec.cells():
-        state = "ok" if c.cell_id in done else "partial" if (spec.run_dir(c) / "last_checkpoint").exists() else "todo"
+        state = "ok" if c.cell_id in done else "running" if cell_lock_held(spec.run_dir(c)) else \
+            "partial" if (spec.run_dir(c) / "last_checkpoint").exists() else "todo"
         line = f"{state:8s} {c.cell_id}"
-        if state != "ok" and c.role != "floor":
+        if state not in ("ok", "running") and c.role != "floor":
             key = (c.arch, c.seed)
             if key not in states:
                 try:

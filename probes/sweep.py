@@ -453,10 +453,14 @@ def run_sweep(spec: SweepSpec, *, cell_runner: CellRunner = run_cell, progress: 
 
 
 def cell_row(spec: SweepSpec, cell: Cell, device: str | None, versions: dict, commit: str | None) -> dict:
-    """The columns that identify a cell's row and its provenance (the runner adds the measurements)."""
+    """The columns that identify a cell's row and its provenance (the runner adds the measurements);
+    ``threads``: torch's intra-op threads, since cells may run side by side, one core each."""
+    import torch
+
     return {"sweep": spec.name, "cell_id": cell.cell_id, **dataclasses.asdict(cell),
             "dataset": str(spec.pretrain[cell.corr].path), "transfer_dataset": str(spec.transfer.path),
-            "run_dir": str(spec.run_dir(cell)), "device": device, "world_size": 1, "git_commit": commit,
+            "run_dir": str(spec.run_dir(cell)), "device": device, "world_size": 1,
+            "threads": torch.get_num_threads(), "git_commit": commit,
             "torch_version": versions.get("torch"), "timm_version": versions.get("timm"),
             "declaration": spec.declaration_digest(), "probe_settings": spec.probe.digest()}
 

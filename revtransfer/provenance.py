@@ -58,6 +58,8 @@ def machine() -> dict:
     info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
             **cpu_model()}
     torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
     if torch is not None and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -178,3 +178,68 @@ def test_the_schedule_decays_at_fractions_of_each_cells_length(tmp_path):
 def test_a_bad_schedule_or_width_seed_is_named(change, message):
     with pytest.raises(StudyError, match=message):
         DetectStudySpec.from_dict({**BASE, **change})
+
+
+def test_two_processes_share_a_study_cell_by_cell(tmp_path, monkeypatch):
+    """A cell whose lock another process holds (a second `detect-study`, e.g. one per core) is left
+    to it and shown as running; the others run here."""
+    from filelock import FileLock
+
+    import probes.detect_study as ds
+
+    spec = DetectStudySpec.from_dict({**BASE, "archs": ["vit_micro"], "seeds": [0, 1], "width_control": {"archs": []},
+                                      "references": {}}, tmp_path)
+    ran = []
+    monkeypatch.setattr(ds, "run_cell", lambda spec, cell, progress=True: ran.append(cell.cell_id) or {})
+    busy = spec.run_dir(spec.cells()[0])
+    busy.mkdir(parents=True)
+    with FileLock(str(busy / ".cell.lock")):  # the other process
+        assert status_lines(spec)[0] == "running  vit_micro-frozen-seed0"
+        said = []
+        assert ds.run_study(spec, progress=False, echo=said.append) == {}
+    assert ran == ["vit_micro-frozen-seed1"]
+    assert "[1/2] vit_micro-frozen-seed0: another process is running it, left to it" in said
+
+
+def test_a_backbone_another_process_pretrains_is_waited_for(tmp_path, monkeypatch):
+    """The probe sweep and the detection study run side by side: a detection cell whose backbone the
+    sweep is pretraining right now waits for that cell instead of failing or pretraining it twice."""
+    import threading
+    import time
+
+    import yaml
+    from filelock import FileLock
+
+    import probes.detect_study as ds
+    import probes.sweep as sweep_mod
+
+    sweep_file = tmp_path / "sw.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "sw", "out": "sw", "datasets": {"pretrain": {0.3: "pt3"}, "transfer": "tf"},
+        "grid": {"arch": ["vit_micro"], "corr": [0.3], "fraction": [1], "seed": [0]},
+        "model_kwargs": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2},
+        "recipe": {"epochs": 1, "batch_size": 16}}))
+    spec = DetectStudySpec.from_dict({**BASE, "archs": ["vit_micro"], "seeds": [0],
+                                      "backbones": {"sweep": str(sweep_file), "corr": 0.3, "fraction": 1.0}},
+                                     tmp_path)
+    sweep = ds._sweep(spec, spec.seeds)
+    run = sweep.run_dir(sweep.cells()[0])
+    run.mkdir(parents=True)
+    held = threading.Event()
+
+    def the_sweep_pretrains_it():  # the sweep's process (a thread here: a lock is per thread and file)
+        with FileLock(str(run / ".cell.lock")):
+            held.set()
+            time.sleep(0.5)
+            for name in ("summary.json", "checkpoint_best.pt"):
+                (run / name).write_text("{}")
+
+    monkeypatch.setattr("probes.detect_ladder.backbone_model_kwargs", lambda run: {"embed_dim": 16})
+    monkeypatch.setattr(sweep_mod, "run_sweep",
+                        lambda sw, progress=True, only=None, **kw: sweep_mod.SweepReport(busy=[sweep.cells()[0].cell_id]))
+    other = threading.Thread(target=the_sweep_pretrains_it)
+    other.start()
+    held.wait()
+    path, _ = ds.ensure_backbone(spec, "vit_micro", 0, progress=False)
+    other.join()
+    assert path == str(run / "checkpoint_best.pt") and (run / "checkpoint_best.pt").exists()

@@ -232,3 +232,4 @@ def test_a_run_records_the_commit_it_started_with():
     cfg = build_config("clevr_mask_rcnn_vit_micro_frozen")
     info = run_info(cfg, RunArgs(config="clevr_mask_rcnn_vit_micro_frozen"), commit="0123abc")
     assert info["git_commit"] == "0123abc"
+    assert info["threads"] == torch.get_num_threads()  # runs may share a machine's cores, one each

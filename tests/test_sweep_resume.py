@@ -154,6 +154,7 @@ def test_real_cells_run_end_to_end(tmp_path):
     assert t.loc["vit_micro", "feature_dim"] == 16 and t.loc["revvit_micro", "feature_dim"] == 32
     assert t.loc["revvit_micro", "backprop"] == "pareprop" and (t["n_pretrain"] == 72).all()
     assert ((t["probe_acc"] >= 0) & (t["probe_acc"] <= 1)).all() and (t["samples_per_s"] > 0).all()
+    assert (t["threads"] >= 1).all()  # recorded: cells may run side by side, one core each
     assert (t["probe_auroc_ci_low"] <= t["probe_auroc"]).all()
 
 
