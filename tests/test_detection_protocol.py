@@ -145,6 +145,9 @@ def test_the_report_shows_floor_ceiling_curves_and_the_verdict(tmp_path):
     assert (tmp_path / "report" / "detection_ap.png").stat().st_size > 0
     summary = pd.read_csv(tmp_path / "report" / "detection_summary.csv")
     assert set(summary["backbone_role"]) == {"frozen", "floor", "ceiling"}
+    frozen = summary[summary["backbone_role"] == "frozen"]
+    assert (frozen["last_fifth_max"] == 0.2).all()  # convergence shown per group: the largest |change|
+    assert "box_AP_change_last_fifth" in pd.read_csv(tmp_path / "report" / "detection.csv")
 
 
 

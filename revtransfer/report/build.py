@@ -310,7 +310,9 @@ def _detection_section(res: pd.DataFrame, out: Path) -> list[str]:
         sections += ["Held-out box and mask AP (mean and SD over runs) of each arch's frozen pretrained backbone "
                      "(`frozen`), beside the same arch frozen at random initialisation (`floor`: what the heads "
                      "learn alone) and fine-tuned (`ceiling`); `tag` names a part of a study (e.g. the width "
-                     "control) ([csv](detection_summary.csv)).\n", write_table(summary, out, "detection_summary")]
+                     "control); `last_fifth_max`: the largest change of held-out box AP over the last fifth of "
+                     "training among the runs, in absolute value (a run converged when it is < 1) "
+                     "([csv](detection_summary.csv)).\n", write_table(summary, out, "detection_summary")]
     sections += _detection_claim(res, out)
     curves = tables.detection_curves(res)
     if not curves.empty:

@@ -125,12 +125,15 @@ def detection_table(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows = results[results["box_AP"].notna()]
     keep = [c for c in ("arch", "backbone_role", "tag", "seed", "dataset", "val_dataset", "config", "iterations",
-                        "box_AP", "box_AP50", "mask_AP", "mask_AP50", "wall_time_s", "git_commit") if c in rows]
+                        "box_AP", "box_AP50", "mask_AP", "mask_AP50", "box_AP_change_last_fifth", "wall_time_s",
+                        "git_commit") if c in rows]
     return rows[keep].reset_index(drop=True)
 
 
 def detection_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Box and mask AP per (tag, arch, backbone role): mean, SD and number of runs (seeds)."""
+    """Box and mask AP per (tag, arch, backbone role): mean, SD and number of runs (seeds), and
+    ``last_fifth_max``: the largest held-out box AP change over the last fifth of training among its
+    runs, in absolute value (convergence: every run below 1 when it is)."""
     rows = results[results["box_AP"].notna()] if "box_AP" in results else pd.DataFrame()
     if rows.empty:
         return pd.DataFrame()
@@ -140,6 +143,9 @@ def detection_summary(results: pd.DataFrame) -> pd.DataFrame:
                 mask_AP=("mask_AP", "mean"), mask_AP_sd=("mask_AP", "std"))
     if "iterations" in rows:
         aggs["iterations"] = ("iterations", "max")
+    if "box_AP_change_last_fifth" in rows:
+        rows = rows.assign(last_fifth_abs=rows["box_AP_change_last_fifth"].abs())
+        aggs["last_fifth_max"] = ("last_fifth_abs", "max")
     out = rows.groupby(["tag", "arch", "backbone_role"]).agg(**aggs).reset_index()
     order = {"frozen": 0, "floor": 1, "ceiling": 2}
     return out.sort_values(["tag", "arch", "backbone_role"], key=lambda c: c.map(order) if c.name == "backbone_role"
