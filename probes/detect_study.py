@@ -329,19 +329,31 @@ def finished(spec: DetectStudySpec) -> set[str]:
     return {c.cell_id for c in spec.cells() if str(spec.run_dir(c)) in done}
 
 
+def cell_backbone(spec: DetectStudySpec, cell: DetectCell, progress: bool = True,
+                  pretrain: bool = True) -> tuple[str, dict | None]:
+    """(checkpoint, model kwargs) of a cell's backbone. A floor loads no weights: it needs only the
+    arch's model kwargs, which every seed's backbone of the sweep shares, so it takes them from one
+    that is there rather than pretrain its own. ``pretrain=False`` (submitting to SLURM, where this
+    process is not the place to train) refuses a backbone that is not there yet."""
+    if cell.role == "floor" and "checkpoints" in spec.backbones:
+        return "", None
+    seed = cell.seed
+    if cell.role == "floor":
+        ready = [s for s in dict.fromkeys([cell.seed, *spec.seeds]) if backbone_state(spec, cell.arch, s) == "ready"]
+        seed = ready[0] if ready else cell.seed
+    if not pretrain and (state := backbone_state(spec, cell.arch, seed)) not in ("ready", "given"):
+        sweep, bcell = _backbone_cell(spec, cell.arch, seed)
+        raise StudyError(f"{cell.cell_id}: its backbone, cell {bcell.cell_id} of sweep {sweep.name}, is not there "
+                         f"({state}); pretrain it first (`revtransfer sweep {sweep.name} --launcher slurm`, or "
+                         f"this study without --launcher)")
+    return ensure_backbone(spec, cell.arch, seed, progress)
+
+
 def run_cell(spec: DetectStudySpec, cell: DetectCell, progress: bool = True) -> dict:
     from detection.train_net import main as detect_main
 
     data = ensure_datasets(spec, progress)
-    if cell.role == "floor" and "checkpoints" in spec.backbones:
-        checkpoint, kwargs = "", None
-    elif cell.role == "floor":
-        # a floor loads no weights: it needs only the arch's model kwargs, which every seed's backbone
-        # of the sweep shares, so it takes them from one that is there rather than pretrain its own
-        ready = [s for s in dict.fromkeys([cell.seed, *spec.seeds]) if backbone_state(spec, cell.arch, s) == "ready"]
-        checkpoint, kwargs = ensure_backbone(spec, cell.arch, ready[0] if ready else cell.seed, progress)
-    else:
-        checkpoint, kwargs = ensure_backbone(spec, cell.arch, cell.seed, progress)
+    checkpoint, kwargs = cell_backbone(spec, cell, progress)
     return detect_main(run_args(spec, cell, data, checkpoint, kwargs))
 
 
@@ -485,17 +497,29 @@ def _only_filter(items):
 
 
 def _submit(spec, options, gpus_per_node, predicate, progress):
-    """One SLURM job per unfinished cell (detectron2's launch over the node's GPUs); backbones must
-    exist first (from disk, or the sweep's cells: run that sweep before)."""
+    """One SLURM job per unfinished cell (detectron2's launch over the node's GPUs). Backbones must
+    exist first (from disk, or the sweep's cells: run that sweep before): a missing one is refused
+    before anything is submitted. A cell whose job is queued or running (its run dir's
+    ``slurm_job.json``), or that a local process runs, is not submitted again."""
     from detection.jobs import submit_detect
+    from revtransfer.launch.slurm import JobRecord, is_active, job_states
 
-    data = ensure_datasets(spec, progress)
+    from .sweep import cell_lock_held
+
     done = finished(spec)
-    for cell in spec.cells():
-        if cell.cell_id in done or (predicate and not predicate(cell)):
+    todo = [c for c in spec.cells() if c.cell_id not in done and (predicate is None or predicate(c))]
+    backbones = {c.cell_id: cell_backbone(spec, c, progress, pretrain=False) for c in todo}
+    data = ensure_datasets(spec, progress)
+    records = {c.cell_id: r for c in todo if (r := JobRecord.load(spec.run_dir(c))) is not None}
+    states = job_states(r.job_id for r in records.values()) if records else {}
+    for cell in todo:
+        r = records.get(cell.cell_id)
+        if r is not None and is_active(state := states.get(r.job_id, "UNKNOWN")):
+            click.echo(f"{cell.cell_id}: SLURM job {r.job_id} is {state}; not submitted again")
             continue
-        checkpoint, kwargs = ensure_backbone(spec, cell.arch, cell.seed, progress) if cell.role != "floor" or \
-            "checkpoints" not in spec.backbones else ("", None)
-        record = submit_detect(run_args(spec, cell, data, checkpoint, kwargs), options, nodes=1,
+        if cell_lock_held(spec.run_dir(cell)):
+            click.echo(f"{cell.cell_id}: a process on this machine runs it; not submitted")
+            continue
+        record = submit_detect(run_args(spec, cell, data, *backbones[cell.cell_id]), options, nodes=1,
                                gpus_per_node=gpus_per_node)
         click.echo(f"{cell.cell_id}: SLURM job {record.job_id}")

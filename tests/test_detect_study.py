@@ -243,3 +243,46 @@ def test_a_backbone_another_process_pretrains_is_waited_for(tmp_path, monkeypatc
     path, _ = ds.ensure_backbone(spec, "vit_micro", 0, progress=False)
     other.join()
     assert path == str(run / "checkpoint_best.pt") and (run / "checkpoint_best.pt").exists()
+
+
+def test_slurm_submission_skips_queued_cells_and_refuses_missing_backbones(tmp_path, monkeypatch):
+    """Running `detect-study --launcher slurm` again submits only what is neither done nor queued; a
+    backbone that is not there yet is refused before anything is submitted (a login node is not
+    the place to pretrain it)."""
+    import types
+
+    import yaml
+
+    import detection.jobs
+    import probes.detect_study as ds
+    import revtransfer.launch.slurm as slurm
+    from revtransfer.launch.slurm import JobRecord
+
+    spec = DetectStudySpec.from_dict({**BASE, "archs": ["vit_micro"], "seeds": [0, 1], "width_control": {"archs": []},
+                                      "references": {}}, tmp_path)
+    monkeypatch.setattr(ds, "ensure_datasets", lambda spec, progress=True: {"train": ("t.json", "t"),
+                                                                           "val": ("v.json", "v")})
+    queued = spec.run_dir(spec.cells()[0])
+    queued.mkdir(parents=True)
+    JobRecord(job_id="7", folder=str(tmp_path)).save(queued)
+    monkeypatch.setattr(slurm, "job_states", lambda ids, timeout=30: {"7": "PENDING"})
+    submitted = []
+    monkeypatch.setattr(detection.jobs, "submit_detect",
+                        lambda args, options, **kw: submitted.append(args.output_dir) or types.SimpleNamespace(job_id="8"))
+    ds._submit(spec, None, 1, None, progress=False)
+    assert submitted == [str(spec.run_dir(spec.cells()[1]))]  # seed 0's job is queued: not again
+
+    sweep_file = tmp_path / "sw.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "sw", "out": "sw", "datasets": {"pretrain": {0.3: "pt3"}, "transfer": "tf"},
+        "grid": {"arch": ["vit_micro"], "corr": [0.3], "fraction": [1], "seed": [0, 1]},
+        "model_kwargs": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2},
+        "recipe": {"epochs": 1, "batch_size": 16}}))
+    from_sweep = DetectStudySpec.from_dict({**BASE, "out": "out2", "archs": ["vit_micro"], "seeds": [0, 1],
+                                            "backbones": {"sweep": str(sweep_file), "corr": 0.3, "fraction": 1.0},
+                                            "width_control": {"archs": []}, "references": {}}, tmp_path)
+    submitted.clear()
+    with pytest.raises(StudyError, match="vit_micro-frozen-seed0: its backbone, cell vit_micro-.*seed0 of sweep sw, "
+                                         "is not there .pretrain."):
+        ds._submit(from_sweep, None, 1, None, progress=False)
+    assert submitted == []
