@@ -502,10 +502,11 @@ def _submit(spec, options, gpus_per_node, predicate, progress):
     before anything is submitted. A cell whose job is queued or running (its run dir's
     ``slurm_job.json``), or that a local process runs, is not submitted again."""
     from detection.jobs import submit_detect
-    from revtransfer.launch.slurm import JobRecord, is_active, job_states
+    from revtransfer.launch.slurm import JobRecord, check_slurm, is_active, job_states
 
     from .sweep import cell_lock_held
 
+    check_slurm()
     done = finished(spec)
     todo = [c for c in spec.cells() if c.cell_id not in done and (predicate is None or predicate(c))]
     backbones = {c.cell_id: cell_backbone(spec, c, progress, pretrain=False) for c in todo}

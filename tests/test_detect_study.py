@@ -266,6 +266,7 @@ def test_slurm_submission_skips_queued_cells_and_refuses_missing_backbones(tmp_p
     queued.mkdir(parents=True)
     JobRecord(job_id="7", folder=str(tmp_path)).save(queued)
     monkeypatch.setattr(slurm, "job_states", lambda ids, timeout=30: {"7": "PENDING"})
+    monkeypatch.setattr(slurm, "check_slurm", lambda: None)
     submitted = []
     monkeypatch.setattr(detection.jobs, "submit_detect",
                         lambda args, options, **kw: submitted.append(args.output_dir) or types.SimpleNamespace(job_id="8"))
