@@ -148,6 +148,13 @@ def test_the_report_shows_floor_ceiling_curves_and_the_verdict(tmp_path):
     frozen = summary[summary["backbone_role"] == "frozen"]
     assert (frozen["last_fifth_max"] == 0.2).all()  # convergence shown per group: the largest |change|
     assert "box_AP_change_last_fifth" in pd.read_csv(tmp_path / "report" / "detection.csv")
+    gaps = pd.read_csv(tmp_path / "report" / "detection_references.csv").set_index(["arch", "comparison"])
+    vit = rows[rows["arch"] == "vit_micro"]
+    floor_gap = vit.loc[vit["backbone_role"] == "frozen", "box_AP"].mean() - 90.0
+    assert gaps.loc[("vit_micro", "frozen − floor"), "box_AP"] == pytest.approx(floor_gap)
+    assert gaps.loc[("vit_micro", "frozen − floor"), "box_AP_ci"] == "– (1 run on a side)"  # one floor run
+    assert gaps.loc[("revvit_micro", "ceiling − frozen"), "runs"] == "1/5"
+    assert "Against the floor and the ceiling" in readme
 
 
 

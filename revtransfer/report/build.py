@@ -314,6 +314,7 @@ def _detection_section(res: pd.DataFrame, out: Path) -> list[str]:
                      "training among the runs, in absolute value (a run converged when it is < 1) "
                      "([csv](detection_summary.csv)).\n", write_table(summary, out, "detection_summary")]
     sections += _detection_claim(res, out)
+    sections += _reference_gaps(res, out)
     curves = tables.detection_curves(res)
     if not curves.empty:
         plots.detection_curves(curves, out / "detection_ap.png")
@@ -352,6 +353,20 @@ def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
             "box and mask AP are credibly higher, refuted when either is credibly lower (Holm), else "
             "inconclusive, with the smallest difference the runs could detect (80% power).\n",
             write_table(table, out, "detection_claim")]
+
+
+def _reference_gaps(res: pd.DataFrame, out: Path) -> list[str]:
+    from .detection_claim import reference_gaps
+
+    gaps = reference_gaps(res[res["box_AP"].notna()] if "box_AP" in res else pd.DataFrame())
+    if gaps.empty:
+        return []
+    return ["### Against the floor and the ceiling\n",
+            "Per arch (main runs): frozen pretrained minus the random-init floor (what pretraining gives the "
+            "heads beyond random features; negative: the pretrained features help the heads less than random "
+            "ones) and the fine-tuned ceiling minus frozen, in AP points, with a Welch 95% interval where both "
+            "sides have >= 2 runs (`runs`: the first side's / the second's). Descriptive, not a claim.\n",
+            write_table(gaps, out, "detection_references")]
 
 
 def _bench_sections(bench, out: Path) -> list[str]:

@@ -105,3 +105,31 @@ def _converged(rows: pd.DataFrame) -> str:
     change = rows["box_AP_change_last_fifth"].abs()
     bad = int((change >= CONVERGED_AP).sum())
     return "all" if not bad else f"{bad} of {len(rows)} runs moved >= {CONVERGED_AP} box AP over the last fifth"
+
+
+def reference_gaps(rows: pd.DataFrame, alpha: float = 0.025) -> pd.DataFrame:
+    """Per arch (main rows), what pretraining gives the heads beyond random features (frozen −
+    floor) and what fine-tuning adds to it (ceiling − frozen), in box and mask AP: the difference
+    of means with a Welch 95% interval where both sides have >= 2 runs. Descriptive, not a claim:
+    it says whether the frozen detectors learned more than the heads alone, per arch."""
+    if rows.empty or "backbone_role" not in rows:
+        return pd.DataFrame()
+    main = rows[rows["box_AP"].notna() & (rows["tag"].fillna("") == "" if "tag" in rows else True)]
+    out = []
+    for arch in sorted(set(main["arch"])):
+        mine = main[main["arch"] == arch]
+        for name, hi, lo in (("frozen − floor", "frozen", "floor"), ("ceiling − frozen", "ceiling", "frozen")):
+            a, b = mine[mine["backbone_role"] == hi], mine[mine["backbone_role"] == lo]
+            if a.empty or b.empty:
+                continue
+            row = {"arch": arch, "comparison": name, "runs": f"{len(a)}/{len(b)}"}
+            for m in METRICS:
+                x, y = a[m].to_numpy(float), b[m].to_numpy(float)
+                row[m] = float(x.mean() - y.mean())
+                if len(x) >= 2 and len(y) >= 2:
+                    w = _welch(x, y, alpha)
+                    row[f"{m}_ci"] = f"[{w['ci_low']:+.1f}, {w['ci_high']:+.1f}]"
+                else:
+                    row[f"{m}_ci"] = "– (1 run on a side)"
+            out.append(row)
+    return pd.DataFrame(out)
