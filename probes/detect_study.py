@@ -359,8 +359,8 @@ def run_cell(spec: DetectStudySpec, cell: DetectCell, progress: bool = True) -> 
 
 def run_study(spec: DetectStudySpec, progress: bool = True, echo=print, only=None) -> dict[str, str]:
     """Every unfinished cell, in order; a failed cell is reported and the others go on. A cell
-    another process is running (its lock is held: a second ``detect-study`` of the same study, a
-    SLURM job) is left to it, so several processes can share one study."""
+    another process is running (its lock is held: a second ``detect-study`` of the same study, e.g.
+    one per core) is left to it, so several processes can share one study."""
     from .sweep import cell_lock
 
     done, failed = finished(spec), {}
