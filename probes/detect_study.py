@@ -373,7 +373,8 @@ def run_study(spec: DetectStudySpec, progress: bool = True, echo=print, only=Non
                 continue
             if cell.cell_id in finished(spec):  # finished by another process meanwhile
                 continue
-            echo(f"[{i}/{len(todo)}] {cell.cell_id}")
+            eta = study_eta(spec, todo[i - 1:])
+            echo(f"[{i}/{len(todo)}] {cell.cell_id}" + (f" ({eta}, this cell included)" if eta else ""))
             try:
                 metrics = run_cell(spec, cell, progress)
                 echo(f"  box AP {metrics.get('bbox', {}).get('AP', float('nan')):.1f}, "
@@ -382,6 +383,34 @@ def run_study(spec: DetectStudySpec, progress: bool = True, echo=print, only=Non
                 failed[cell.cell_id] = f"{type(e).__name__}: {e}"
                 echo(f"  failed: {failed[cell.cell_id]}")
     return failed
+
+
+def study_eta(spec: DetectStudySpec, todo: list[DetectCell], pretrain: int = 0) -> str:
+    """An estimate of what ``todo`` costs from this study's measured runs: each cell's iterations at
+    the median seconds per iteration of the finished runs of its role (a ceiling trains its backbone
+    too; without runs of its role, the frozen runs' rate), plus ``pretrain`` backbones at the
+    median cell time of the sweep they come from. Empty when nothing is measured yet."""
+    import pandas as pd
+
+    table = ResultsTable(spec.out).read()
+    if not todo or not len(table) or "wall_time_s" not in table or "box_AP" not in table:
+        return ""
+    rows = table[table["box_AP"].notna() & table["wall_time_s"].notna() & (table["iterations"] > 0)]
+    rows = rows[rows["run_dir"].astype(str).isin({str(spec.run_dir(c)) for c in spec.cells()})]
+    if rows.empty:
+        return ""
+    per_iter = (rows["wall_time_s"] / rows["iterations"]).groupby(rows["backbone_role"]).median()
+    fallback = float(per_iter.get("frozen", per_iter.median()))
+    seconds = sum(spec.iters(c) * float(per_iter.get(c.role, fallback)) for c in todo)
+    if pretrain and "sweep" in spec.backbones:
+        sweep = _sweep(spec, spec.seeds)
+        cells = ResultsTable(sweep.out).read()
+        ok = cells[(cells["sweep"] == sweep.name) & (cells["status"] == "ok")] if len(cells) else cells
+        if len(ok) and "wall_time_s" in ok:
+            seconds += pretrain * float(pd.to_numeric(ok["wall_time_s"]).median())
+    hours, minutes = divmod(int(round(seconds / 60)), 60)
+    return (f"ETA {hours} h {minutes:02d} min" if hours else f"ETA {minutes} min") + \
+        f" at the measured rates ({len(rows)} runs" + (", the sweep's median cell" if pretrain else "") + ")"
 
 
 def status_lines(spec: DetectStudySpec) -> list[str]:
@@ -407,7 +436,8 @@ def status_lines(spec: DetectStudySpec) -> list[str]:
     tail = f"{len(done)} of {len(spec.cells())} cells done"
     if todo:
         tail += f"; {len(todo)} backbone(s) to pretrain first"
-    return lines + [tail]
+    eta = study_eta(spec, [c for c in spec.cells() if c.cell_id not in done], pretrain=len(todo))
+    return lines + [tail + (f"; {eta}" if eta else "")]
 
 
 def estimate_hours(spec: DetectStudySpec, bench_json: str) -> list[dict]:

@@ -287,3 +287,19 @@ def test_slurm_submission_skips_queued_cells_and_refuses_missing_backbones(tmp_p
                                          "is not there .pretrain."):
         ds._submit(from_sweep, None, 1, None, progress=False)
     assert submitted == []
+
+
+def test_the_eta_comes_from_the_studys_measured_runs(tmp_path):
+    from probes.detect_study import study_eta
+    from revtransfer.results import ResultsTable
+
+    spec = DetectStudySpec.from_dict(BASE, tmp_path)
+    cells = {c.cell_id: c for c in spec.cells()}
+    assert study_eta(spec, list(cells.values())) == ""  # nothing measured: nothing guessed
+    done = [cells["vit_micro-frozen-seed0"], cells["revvit_micro-frozen-seed0"]]
+    ResultsTable(spec.out).upsert([{"sweep": "detection", "cell_id": c.cell_id, "status": "ok", "box_AP": 50.0,
+                                    "backbone_role": "frozen", "iterations": 1200, "wall_time_s": w,
+                                    "run_dir": str(spec.run_dir(c))} for c, w in zip(done, (500.0, 700.0))])
+    todo = [cells["vit_micro-frozen-seed1"], cells["revvit_micro-frozen-seed1"], cells["vit_micro-ceiling-seed0"]]
+    # 0.5 s per iteration (the median): 2 x 1200 + 400 (a ceiling: no ceiling measured, the frozen rate)
+    assert study_eta(spec, todo) == "ETA 23 min at the measured rates (2 runs)"
