@@ -155,6 +155,8 @@ def test_the_report_shows_floor_ceiling_curves_and_the_verdict(tmp_path):
     assert gaps.loc[("vit_micro", "frozen − floor"), "box_AP_ci"] == "– (1 run on a side)"  # one floor run
     assert gaps.loc[("revvit_micro", "ceiling − frozen"), "runs"] == "1/5"
     assert "Against the floor and the ceiling" in readme
+    claim = pd.read_csv(tmp_path / "report" / "detection_claim.csv")
+    assert claim["frozen − floor, box AP (main)"].iloc[0] == f"vit_micro {floor_gap:+.1f}"  # no RevViT floor here
 
 
 

@@ -328,7 +328,7 @@ def _detection_section(res: pd.DataFrame, out: Path) -> list[str]:
 def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
     """Claim (c) by the rules of ``revtransfer.report.detection_claim``, for each tag that has frozen
     pretrained runs of both archs; none with fewer than 2 runs per arch."""
-    from .detection_claim import PAIRS, judge_detection
+    from .detection_claim import PAIRS, judge_detection, reference_gaps
 
     rows = res[res["box_AP"].notna()] if "box_AP" in res else pd.DataFrame()
     if rows.empty or "backbone_role" not in rows:
@@ -344,14 +344,25 @@ def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
         shown = v["tag"] or "main"
         return shown if v.get("baseline_rows", shown) == shown else f"{shown} (baseline: {v['baseline_rows']})"
 
+    gaps = reference_gaps(rows)
+    floor = {} if gaps.empty else gaps[gaps["comparison"] == "frozen − floor"].set_index("arch")["box_AP"].to_dict()
+
+    def against_floor(v):  # a verdict is read beside what each arch's pretraining gave over random features
+        rev, base = v["pair"].split(" vs ")
+        return ", ".join(f"{a} {floor[a]:+.1f}" for a in (rev, base) if a in floor) or "no floor runs"
+
     table = pd.DataFrame([{"claim": v["claim"], "pair": v["pair"], "rows": rows_of(v),
                            "runs per arch": f"{v['n_reversible']}/{v['n_baseline']}", "verdict": v["verdict"],
-                           "converged": v.get("converged"), "evidence": v["evidence"]} for v in verdicts])
+                           "converged": v.get("converged"), "frozen − floor, box AP (main)": against_floor(v),
+                           "evidence": v["evidence"]} for v in verdicts])
     return ["### Claim (c): frozen RevViT >= ViT in box and mask AP\n",
             "Judged by the rules in `revtransfer/report/detection_claim.py`, fixed before the runs: Welch "
             "intervals of RevViT − ViT mean AP and a permutation test of the arch labels; reproduced when both "
             "box and mask AP are credibly higher, refuted when either is credibly lower (Holm), else "
-            "inconclusive, with the smallest difference the runs could detect (80% power).\n",
+            "inconclusive, with the smallest difference the runs could detect (80% power). Beside it, each "
+            "arch's frozen pretrained minus its random-init floor: negative means the pretraining gave the "
+            "heads less than random features, and the verdict then compares what each arch's pretraining "
+            "lost.\n",
             write_table(table, out, "detection_claim")]
 
 
