@@ -291,7 +291,10 @@ def run_args(spec: DetectStudySpec, cell: DetectCell, data: dict, checkpoint: st
     """The ``RunArgs`` of one cell (what ``revtransfer detect train`` would be given)."""
     from detection.train_net import RunArgs
 
-    period = min(int(spec.detector.get("eval_period", spec.iters(cell))), spec.iters(cell))
+    period = int(spec.detector.get("eval_period", spec.iters(cell)))
+    if spec.iters(cell) != int(spec.detector["iters"]):  # a shorter ceiling evaluates at the same fractions
+        period = max(1, round(period * spec.iters(cell) / int(spec.detector["iters"])))
+    period = min(period, spec.iters(cell))
     overrides = [f"train.eval_period={period}", f"train.checkpointer.period={period}",
                  *spec.schedule_overrides(cell), *spec.detector.get("overrides", [])]
     if kwargs:

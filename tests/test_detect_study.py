@@ -52,6 +52,7 @@ def test_each_role_gets_its_detector(tmp_path):
     assert floor.backbone_checkpoint == "" and floor.tag == ""
     ceiling = run_args(spec, cells["vit_micro-ceiling-seed0"], data, "v.pt", None)
     assert "model.backbone.net.freeze=False" in ceiling.overrides and ceiling.max_iter == 400
+    assert "train.eval_period=80" in ceiling.overrides  # every fifth of its length, as the frozen runs' 240 of 1200
     width = run_args(spec, cells["revvit_micro-frozen-width-control-seed0"], data, "r.pt",
                      {"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 4, "img_size": 32})
     assert "model.backbone.net.out_channels=16" in width.overrides and width.tag == "width-control"
