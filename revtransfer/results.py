@@ -71,6 +71,20 @@ class ResultsTable:
             atomic_write(self.parquet, lambda tmp: table.to_parquet(tmp, index=False))
             atomic_write(self.csv, lambda tmp: table.to_csv(tmp, index=False))
 
+    def remove(self, sweep: str, cell_ids: Iterable[str]):
+        """Take these cells' rows out of the table (a study whose protocol changed for them: the
+        caller keeps what it removed, which is returned) and write the rest atomically."""
+        cell_ids = set(cell_ids)
+        with self.lock:
+            table = self.read()
+            if not len(table):
+                return table
+            gone = (table["sweep"] == sweep) & table["cell_id"].isin(cell_ids)
+            kept = table[~gone]
+            atomic_write(self.parquet, lambda tmp: kept.to_parquet(tmp, index=False))
+            atomic_write(self.csv, lambda tmp: kept.to_csv(tmp, index=False))
+            return table[gone].reset_index(drop=True)
+
     def finished_cells(self, sweep: str) -> set[str]:
         table = self.read()
         if not len(table):

@@ -304,3 +304,15 @@ def test_the_eta_comes_from_the_studys_measured_runs(tmp_path):
     todo = [cells["vit_micro-frozen-seed1"], cells["revvit_micro-frozen-seed1"], cells["vit_micro-ceiling-seed0"]]
     # 0.5 s per iteration (the median): 2 x 1200 + 400 (a ceiling: no ceiling measured, the frozen rate)
     assert study_eta(spec, todo) == "ETA 23 min at the measured rates (2 runs)"
+
+
+def test_rows_a_changed_protocol_supersedes_are_taken_out_and_returned(tmp_path):
+    from revtransfer.results import ResultsTable
+
+    table = ResultsTable(tmp_path)
+    table.upsert([{"sweep": "detection", "cell_id": c, "status": "ok", "box_AP": ap}
+                  for c, ap in (("a", 1.0), ("b", 2.0), ("c", 3.0))])
+    gone = table.remove("detection", ["b", "zz"])
+    assert list(gone["cell_id"]) == ["b"] and gone["box_AP"].iloc[0] == 2.0
+    assert sorted(table.read()["cell_id"]) == ["a", "c"]
+    assert sorted(ResultsTable(tmp_path).read()["cell_id"]) == ["a", "c"]
