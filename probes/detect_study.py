@@ -379,6 +379,11 @@ def run_study(spec: DetectStudySpec, progress: bool = True, echo=print, only=Non
             eta = study_eta(spec, todo[i - 1:])
             echo(f"[{i}/{len(todo)}] {cell.cell_id}" + (f" ({eta}, this cell included)" if eta else ""))
             try:
+                if cell.role != "floor" and (state := backbone_state(spec, cell.arch, cell.seed)) in ("pretrain",
+                                                                                                      "rebuild"):
+                    sweep, bcell = _backbone_cell(spec, cell.arch, cell.seed)
+                    echo(f"  its backbone first: {'pretraining' if state == 'pretrain' else 'rebuilding'} cell "
+                         f"{bcell.cell_id} of sweep {sweep.name} (its row joins that sweep's table)")
                 metrics = run_cell(spec, cell, progress)
                 echo(f"  box AP {metrics.get('bbox', {}).get('AP', float('nan')):.1f}, "
                      f"mask AP {metrics.get('segm', {}).get('AP', float('nan')):.1f}")
