@@ -67,9 +67,7 @@ class ResultsTable:
             else:
                 table = new
             ordered = [c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]
-            table = table[ordered]
-            atomic_write(self.parquet, lambda tmp: table.to_parquet(tmp, index=False))
-            atomic_write(self.csv, lambda tmp: table.to_csv(tmp, index=False))
+            self._write(table[ordered])
 
     def remove(self, sweep: str, cell_ids: Iterable[str]):
         """Take these cells' rows out of the table (a study whose protocol changed for them: the
@@ -80,10 +78,12 @@ class ResultsTable:
             if not len(table):
                 return table
             gone = (table["sweep"] == sweep) & table["cell_id"].isin(cell_ids)
-            kept = table[~gone]
-            atomic_write(self.parquet, lambda tmp: kept.to_parquet(tmp, index=False))
-            atomic_write(self.csv, lambda tmp: kept.to_csv(tmp, index=False))
+            self._write(table[~gone])
             return table[gone].reset_index(drop=True)
+
+    def _write(self, table) -> None:  # under self.lock
+        atomic_write(self.parquet, lambda tmp: table.to_parquet(tmp, index=False))
+        atomic_write(self.csv, lambda tmp: table.to_csv(tmp, index=False))
 
     def finished_cells(self, sweep: str) -> set[str]:
         table = self.read()

@@ -114,7 +114,8 @@ def reference_gaps(rows: pd.DataFrame, alpha: float = 0.025) -> pd.DataFrame:
     it says whether the frozen detectors learned more than the heads alone, per arch."""
     if rows.empty or "backbone_role" not in rows:
         return pd.DataFrame()
-    main = rows[rows["box_AP"].notna() & (rows["tag"].fillna("") == "" if "tag" in rows else True)]
+    tags = rows["tag"].fillna("") if "tag" in rows else pd.Series("", index=rows.index)
+    main = rows[rows["box_AP"].notna() & tags.eq("")]
     out = []
     for arch in sorted(set(main["arch"])):
         mine = main[main["arch"] == arch]
