@@ -219,9 +219,9 @@ def ensure_backbone(spec: DetectStudySpec, arch: str, seed: int, progress: bool 
             report = run_sweep(sweep, progress=progress, only=lambda c: c.cell_id == cell.cell_id)
             if cell.cell_id in report.busy:  # another process (the probe sweep itself) pretrains it now
                 log.info("backbone %s is being pretrained by another process: waiting for it", cell.cell_id)
-                from filelock import FileLock
+                from .sweep import cell_lock
 
-                with FileLock(str(run / ".cell.lock")):
+                with cell_lock(run, wait=True):
                     pass
                 if _cell_state(sweep, cell) != "ready":
                     raise StudyError(f"backbone cell {cell.cell_id}: the process pretraining it ended without "
@@ -416,9 +416,10 @@ def study_eta(spec: DetectStudySpec, todo: list[DetectCell], pretrain: int = 0) 
         ok = cells[(cells["sweep"] == sweep.name) & (cells["status"] == "ok")] if len(cells) else cells
         if len(ok) and "wall_time_s" in ok:
             seconds += pretrain * float(pd.to_numeric(ok["wall_time_s"]).median())
-    hours, minutes = divmod(int(round(seconds / 60)), 60)
-    return (f"ETA {hours} h {minutes:02d} min" if hours else f"ETA {minutes} min") + \
-        f" at the measured rates ({len(rows)} runs" + (", the sweep's median cell" if pretrain else "") + ")"
+    from .sweep import format_duration
+
+    sources = f"{len(rows)} runs" + (", the sweep's median cell" if pretrain else "")
+    return f"ETA {format_duration(seconds)} at the measured rates ({sources})"
 
 
 def status_lines(spec: DetectStudySpec) -> list[str]:

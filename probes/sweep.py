@@ -494,13 +494,14 @@ def _failed_cells(table: ResultsTable, sweep: str) -> set[str]:
 
 
 @contextlib.contextmanager
-def cell_lock(run_dir: Path):
+def cell_lock(run_dir: Path, wait: bool = False):
     """Hold a cell's lock for the block: yields True, or False (holding nothing) while another
-    process (another sweep, a SLURM job) holds it. One process runs a cell at a time."""
+    process (another sweep, a SLURM job) holds it. One process runs a cell at a time. ``wait``:
+    block until the other process lets go (to use what it made), then yield True."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run_dir / ".cell.lock"))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
         yield False
         return
@@ -537,11 +538,11 @@ def sweep_progress(spec: SweepSpec, here: Cell | None = None, cells: list[Cell] 
         median = float(times.median())
         eta = (left + running / 2) * median / max(running, 1)
         line += (f"; median cell {median / 60:.1f} min ({len(times)} measured); "
-                 f"ETA {_duration(eta)} at {max(running, 1)} cell(s) at a time")
+                 f"ETA {format_duration(eta)} at {max(running, 1)} cell(s) at a time")
     return line
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     hours, minutes = divmod(int(round(seconds / 60)), 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 

@@ -313,8 +313,11 @@ def _detection_section(res: pd.DataFrame, out: Path) -> list[str]:
                      "control); `last_fifth_max`: the largest change of held-out box AP over the last fifth of "
                      "training among the runs, in absolute value (a run converged when it is < 1) "
                      "([csv](detection_summary.csv)).\n", write_table(summary, out, "detection_summary")]
-    sections += _detection_claim(res, out)
-    sections += _reference_gaps(res, out)
+    from .detection_claim import reference_gaps
+
+    gaps = reference_gaps(res[res["box_AP"].notna()] if "box_AP" in res else pd.DataFrame())
+    sections += _detection_claim(res, out, gaps)
+    sections += _reference_gaps(gaps, out)
     curves = tables.detection_curves(res)
     if not curves.empty:
         plots.detection_curves(curves, out / "detection_ap.png")
@@ -325,10 +328,11 @@ def _detection_section(res: pd.DataFrame, out: Path) -> list[str]:
     return sections
 
 
-def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
+def _detection_claim(res: pd.DataFrame, out: Path, gaps: pd.DataFrame) -> list[str]:
     """Claim (c) by the rules of ``revtransfer.report.detection_claim``, for each tag that has frozen
-    pretrained runs of both archs; none with fewer than 2 runs per arch."""
-    from .detection_claim import PAIRS, judge_detection, reference_gaps
+    pretrained runs of both archs (none with fewer than 2 runs per arch), beside each arch's frozen −
+    floor gap from ``gaps`` (``reference_gaps``)."""
+    from .detection_claim import PAIRS, judge_detection
 
     rows = res[res["box_AP"].notna()] if "box_AP" in res else pd.DataFrame()
     if rows.empty or "backbone_role" not in rows:
@@ -344,12 +348,11 @@ def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
         shown = v["tag"] or "main"
         return shown if v.get("baseline_rows", shown) == shown else f"{shown} (baseline: {v['baseline_rows']})"
 
-    gaps = reference_gaps(rows)
     floor = {} if gaps.empty else gaps[gaps["comparison"] == "frozen − floor"].set_index("arch")["box_AP"].to_dict()
 
     def against_floor(v):  # a verdict is read beside what each arch's pretraining gave over random features
-        rev, base = v["pair"].split(" vs ")
-        return ", ".join(f"{a} {floor[a]:+.1f}" for a in (rev, base) if a in floor) or "no floor runs"
+        return ", ".join(f"{a} {floor[a]:+.1f}" for a in (v["reversible"], v["baseline"]) if a in floor) \
+            or "no floor runs"
 
     table = pd.DataFrame([{"claim": v["claim"], "pair": v["pair"], "rows": rows_of(v),
                            "runs per arch": f"{v['n_reversible']}/{v['n_baseline']}", "verdict": v["verdict"],
@@ -366,10 +369,7 @@ def _detection_claim(res: pd.DataFrame, out: Path) -> list[str]:
             write_table(table, out, "detection_claim")]
 
 
-def _reference_gaps(res: pd.DataFrame, out: Path) -> list[str]:
-    from .detection_claim import reference_gaps
-
-    gaps = reference_gaps(res[res["box_AP"].notna()] if "box_AP" in res else pd.DataFrame())
+def _reference_gaps(gaps: pd.DataFrame, out: Path) -> list[str]:
     if gaps.empty:
         return []
     return ["### Against the floor and the ceiling\n",

@@ -68,7 +68,7 @@ def judge_detection(rows: pd.DataFrame, reversible: str = "revvit_micro", baseli
     from revtransfer.report.stats import holm, min_detectable_effect
 
     frozen = rows[(rows.get("backbone_role") == "frozen") & rows["box_AP"].notna()] if len(rows) else rows
-    tags = frozen["tag"].fillna("") if "tag" in frozen else pd.Series("", index=frozen.index)
+    tags = _tags(frozen)
     rev = frozen[(frozen["arch"] == reversible) & tags.eq(tag or "")]
     vit = frozen[(frozen["arch"] == baseline) & tags.eq(tag or "")]
     baseline_rows = tag or "main"
@@ -78,6 +78,7 @@ def judge_detection(rows: pd.DataFrame, reversible: str = "revvit_micro", baseli
         vit, baseline_rows = frozen[(frozen["arch"] == baseline) & tags.eq("")], "main"
     frozen = pd.concat([rev, vit])
     out = {"claim": "(c) frozen RevViT >= ViT in box and mask AP (Table 4.2)", "tag": tag or "",
+           "reversible": reversible, "baseline": baseline,
            "n_reversible": len(rev), "n_baseline": len(vit), "baseline_rows": baseline_rows, "alpha": alpha}
     if len(rev) < 2 or len(vit) < 2:
         return {**out, "verdict": "inconclusive", "evidence": "fewer than 2 runs per arch: no interval"}
@@ -99,6 +100,11 @@ def judge_detection(rows: pd.DataFrame, reversible: str = "revvit_micro", baseli
     return {**out, "verdict": verdict, "evidence": evidence, "tests": tests, "converged": converged}
 
 
+def _tags(rows: pd.DataFrame) -> pd.Series:
+    """Each row's part of a study ("" for the main rows)."""
+    return rows["tag"].fillna("") if "tag" in rows else pd.Series("", index=rows.index)
+
+
 def _converged(rows: pd.DataFrame) -> str:
     if "box_AP_change_last_fifth" not in rows or rows["box_AP_change_last_fifth"].isna().all():
         return "not recorded"
@@ -114,8 +120,7 @@ def reference_gaps(rows: pd.DataFrame, alpha: float = 0.025) -> pd.DataFrame:
     it says whether the frozen detectors learned more than the heads alone, per arch."""
     if rows.empty or "backbone_role" not in rows:
         return pd.DataFrame()
-    tags = rows["tag"].fillna("") if "tag" in rows else pd.Series("", index=rows.index)
-    main = rows[rows["box_AP"].notna() & tags.eq("")]
+    main = rows[rows["box_AP"].notna() & _tags(rows).eq("")]
     out = []
     for arch in sorted(set(main["arch"])):
         mine = main[main["arch"] == arch]
